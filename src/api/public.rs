@@ -1,0 +1,75 @@
+//! Public read routes: tranches, vouchers, health and metrics.
+
+use hyper::StatusCode;
+
+use super::App;
+use super::respond::{Reply, json, text};
+use super::wire::{OutcomeBody, TrancheBodyOut, VoucherBody};
+use crate::core::VoucherId;
+use crate::telemetry::Telemetry;
+
+pub fn tranche(app: &App, tranche_id: &str) -> Reply {
+    let Some(dispenser) = app.dispenser() else {
+        return super::unavailable(app);
+    };
+    let now = app.now();
+    match dispenser.tranche(tranche_id, now) {
+        Some(view) => {
+            let mut body = TrancheBodyOut::from_view(&view, now);
+            // The partner-facing shape is flat: {tranche_id, state, ..., counties}.
+            body.server_time = crate::wire_time::format_beijing(now);
+            json(StatusCode::OK, &body)
+        }
+        None => json(
+            StatusCode::NOT_FOUND,
+            &OutcomeBody::outcome("unknown_tranche"),
+        ),
+    }
+}
+
+pub async fn voucher(app: &App, id: &str) -> Reply {
+    let Some(dispenser) = app.dispenser() else {
+        return super::unavailable(app);
+    };
+    let not_found = || {
+        json(
+            StatusCode::NOT_FOUND,
+            &OutcomeBody::outcome("unknown_voucher"),
+        )
+    };
+    let Some(id) = VoucherId::parse(id) else {
+        return not_found();
+    };
+    let Some((view, durability)) = dispenser.voucher(id) else {
+        return not_found();
+    };
+    if !durability.wait().await {
+        return super::unavailable(app);
+    }
+    let now = app.now();
+    let mut body = OutcomeBody::outcome("found");
+    body.voucher = Some(VoucherBody::from_view(&view, now));
+    json(StatusCode::OK, &body)
+}
+
+pub fn metrics(app: &App) -> Reply {
+    if let Some(dispenser) = app.dispenser() {
+        dispenser.each_tranche(app.now(), Telemetry::tranche_observed);
+    }
+    text(
+        StatusCode::OK,
+        "text/plain; version=0.0.4",
+        app.telemetry.render(),
+    )
+}
+
+pub fn livez() -> Reply {
+    json(StatusCode::OK, &OutcomeBody::outcome("live"))
+}
+
+pub fn readyz(app: &App) -> Reply {
+    match app.phase() {
+        super::Phase::Ready => json(StatusCode::OK, &OutcomeBody::outcome("ready")),
+        _ => super::unavailable(app),
+    }
+}

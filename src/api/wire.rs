@@ -1,0 +1,296 @@
+//! The JSON contract with partner platforms and operators. The only module
+//! with serde types for HTTP bodies.
+//!
+//! Parsing is strict: unknown fields are refused (a misspelt `request_id`
+//! would otherwise silently turn off idempotency), and every refusal names the
+//! field and the reason.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::UnixMillis;
+use crate::dispenser::{CountyView, TrancheView, VoucherView};
+use crate::wire_time::format_beijing;
+
+/// A field that is missing, ill-typed or out of range, and why.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
+        FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Parses JSON into `T`, naming the offending field on failure.
+pub fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, FieldError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.to_string();
+        // serde reports a missing or unknown field at its parent; name the field itself.
+        let named = ["missing field `", "unknown field `"]
+            .iter()
+            .find_map(|prefix| message.strip_prefix(prefix))
+            .and_then(|rest| rest.split('`').next());
+        let field = match (named, path.as_str()) {
+            (Some(name), "." | "") => name.to_owned(),
+            // An unknown field's path already ends with its name.
+            (Some(name), p) if p == name || p.ends_with(&format!(".{name}")) => p.to_owned(),
+            (Some(name), parent) => format!("{parent}.{name}"),
+            // "?" is serde_path_to_error's unknown position (e.g. the input ended early).
+            (None, "." | "" | "?") => "body".to_owned(),
+            (None, p) => p.to_owned(),
+        };
+        let reason = match inner.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                format!("malformed JSON: {message}")
+            }
+            _ => message,
+        };
+        FieldError::new(field, reason)
+    })?;
+    de.end().map_err(|e| {
+        FieldError::new("body", format!("malformed JSON: trailing characters ({e})"))
+    })?;
+    Ok(value)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimBody {
+    pub tranche_id: String,
+    pub user_id: String,
+    #[serde(default)]
+    pub identity: Option<IdentityBody>,
+    pub location: LocationBody,
+    pub request_id: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityBody {
+    pub id_hash: Option<String>,
+    pub phone_hash: Option<String>,
+    pub device_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocationBody {
+    pub lng: f64,
+    pub lat: f64,
+    pub crs: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrancheBody {
+    pub campaign_id: String,
+    pub opens_at: String,
+    pub closes_at: String,
+    pub expires_at: String,
+    pub face_value_fen: u64,
+    #[serde(default)]
+    pub threshold_fen: u64,
+    pub quotas: BTreeMap<String, u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignBody {
+    pub name: String,
+}
+
+/// Every answer has `outcome`; the other fields appear when they apply.
+#[derive(Serialize, Default)]
+pub struct OutcomeBody {
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub voucher: Option<VoucherBody>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub opens_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub county: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tranche: Option<TrancheBodyOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<CampaignBodyOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<FieldError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<FieldError>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl OutcomeBody {
+    pub fn outcome(outcome: &'static str) -> OutcomeBody {
+        OutcomeBody {
+            outcome,
+            ..OutcomeBody::default()
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct VoucherBody {
+    pub id: String,
+    pub tranche_id: String,
+    pub campaign_id: String,
+    pub county: String,
+    pub county_name: String,
+    pub face_value_fen: u64,
+    pub threshold_fen: u64,
+    pub claimed_at: String,
+    pub expires_at: String,
+    pub state: &'static str,
+}
+
+impl VoucherBody {
+    pub fn from_view(view: &VoucherView, now: UnixMillis) -> VoucherBody {
+        VoucherBody {
+            id: view.id.encode(),
+            tranche_id: view.tranche_id.clone(),
+            campaign_id: view.campaign_id.clone(),
+            county: view.county.0.to_string(),
+            county_name: view.county_name.clone(),
+            face_value_fen: view.face_value_fen,
+            threshold_fen: view.threshold_fen,
+            claimed_at: format_beijing(view.claimed_at),
+            expires_at: format_beijing(view.expires_at),
+            state: view.state(now),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct TrancheBodyOut {
+    pub tranche_id: String,
+    pub campaign_id: String,
+    pub state: &'static str,
+    pub paused: bool,
+    pub opens_at: String,
+    pub closes_at: String,
+    pub expires_at: String,
+    pub server_time: String,
+    pub face_value_fen: u64,
+    pub threshold_fen: u64,
+    pub quota: u64,
+    pub remaining: u64,
+    pub counties: Vec<CountyBodyOut>,
+}
+
+#[derive(Serialize)]
+pub struct CountyBodyOut {
+    pub county: String,
+    pub name: String,
+    pub quota: u32,
+    pub remaining: u32,
+}
+
+impl TrancheBodyOut {
+    pub fn from_view(view: &TrancheView, now: UnixMillis) -> TrancheBodyOut {
+        let counties: Vec<CountyBodyOut> = view.counties.iter().map(county_body).collect();
+        TrancheBodyOut {
+            tranche_id: view.spec.tranche_id.clone(),
+            campaign_id: view.spec.campaign_id.clone(),
+            state: view.state.as_str(),
+            paused: view.paused,
+            opens_at: format_beijing(view.spec.opens_at),
+            closes_at: format_beijing(view.spec.closes_at),
+            expires_at: format_beijing(view.spec.expires_at),
+            server_time: format_beijing(now),
+            face_value_fen: view.spec.face_value_fen,
+            threshold_fen: view.spec.threshold_fen,
+            quota: counties.iter().map(|c| u64::from(c.quota)).sum(),
+            remaining: counties.iter().map(|c| u64::from(c.remaining)).sum(),
+            counties,
+        }
+    }
+}
+
+fn county_body(c: &CountyView) -> CountyBodyOut {
+    CountyBodyOut {
+        county: c.county.0.to_string(),
+        name: c.name.clone(),
+        quota: c.quota,
+        remaining: c.quota - c.issued,
+    }
+}
+
+#[derive(Serialize)]
+pub struct CampaignBodyOut {
+    pub campaign_id: String,
+    pub name: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(body: &str) -> String {
+        match parse_json::<ClaimBody>(body.as_bytes()) {
+            Ok(_) => "ok".into(),
+            Err(e) => e.field,
+        }
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let good =
+            r#"{"tranche_id":"t","user_id":"u","location":{"lng":1,"lat":2},"request_id":"r"}"#;
+        assert_eq!(field_of(good), "ok");
+        assert_eq!(
+            field_of(r#"{"tranche_id":"t","location":{"lng":1,"lat":2},"request_id":"r"}"#),
+            "user_id"
+        );
+        assert_eq!(
+            field_of(r#"{"tranche_id":"t","user_id":"u","location":{"lng":1},"request_id":"r"}"#),
+            "location.lat"
+        );
+        assert_eq!(
+            field_of(
+                r#"{"tranche_id":"t","user_id":5,"location":{"lng":1,"lat":2},"request_id":"r"}"#
+            ),
+            "user_id"
+        );
+        assert_eq!(
+            field_of(
+                r#"{"tranche_id":"t","user_id":"u","location":{"lng":"x","lat":2},"request_id":"r"}"#
+            ),
+            "location.lng"
+        );
+        assert_eq!(
+            field_of(
+                r#"{"tranche_id":"t","user_id":"u","location":{"lng":1,"lat":2},"request_id":"r","x":1}"#
+            ),
+            "x"
+        );
+        assert_eq!(
+            field_of(
+                r#"{"tranche_id":"t","user_id":"u","identity":{"idhash":"a"},"location":{"lng":1,"lat":2},"request_id":"r"}"#
+            ),
+            "identity.idhash"
+        );
+        assert_eq!(field_of(r#"{"tranche_id":"t""#), "body");
+        assert_eq!(
+            field_of(r#"{"tranche_id":"t","location":{"lng":1,"lat":}}"#),
+            "location.lat"
+        );
+        assert_eq!(field_of("not json"), "body");
+        assert_eq!(field_of(&format!("{good} x")), "body");
+    }
+}

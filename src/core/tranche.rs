@@ -1,0 +1,534 @@
+//! One tranche (批次): its rules, its per-county inventory, the identities that
+//! already hold a voucher in it, and the answers given to each request ID.
+//!
+//! Invariants, asserted on every change:
+//! - for every county, `issued <= quota` and `issued` equals the number of
+//!   vouchers held for that county;
+//! - every identity key maps to at most one voucher;
+//! - voucher IDs are unique.
+
+use std::collections::HashMap;
+
+use super::event::{Location, TrancheControl, VoucherClaimed};
+use super::identity::{DigestHasherBuilder, DigestKey, IdentityDigests, IdentityKeys, KeyDigest};
+use super::time::UnixMillis;
+use super::voucher::{Voucher, VoucherId};
+
+/// A county-level division code (GB/T 2260), e.g. 420502 for 西陵区.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CountyCode(pub u32);
+
+/// Limits on a tranche definition.
+pub const MAX_COUNTIES_PER_TRANCHE: usize = 64;
+pub const MAX_QUOTA_PER_COUNTY: u32 = 10_000_000;
+pub const MAX_FACE_VALUE_FEN: u64 = 100_000_000;
+pub const MAX_THRESHOLD_FEN: u64 = 1_000_000_000;
+/// Bounded attempts to find an unused voucher random; a collision of 64-bit
+/// CSPRNG values is already astronomically unlikely.
+const MAX_VOUCHER_ID_ATTEMPTS: u32 = 64;
+
+/// What an operator defines for a tranche.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrancheSpec {
+    pub tranche_id: String,
+    pub campaign_id: String,
+    pub opens_at: UnixMillis,
+    pub closes_at: UnixMillis,
+    pub expires_at: UnixMillis,
+    pub face_value_fen: u64,
+    pub threshold_fen: u64,
+    /// One entry per county, sorted by code, codes unique.
+    pub quotas: Vec<(CountyCode, u32)>,
+}
+
+/// A field of a [`TrancheSpec`] that is not acceptable, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpecError {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl TrancheSpec {
+    /// Checks the relations between fields. Returns every problem, not just the first.
+    pub fn validate(&self) -> Result<(), Vec<SpecError>> {
+        let mut errors = Vec::new();
+        let mut fail =
+            |field: &'static str, reason: String| errors.push(SpecError { field, reason });
+        if self.closes_at <= self.opens_at {
+            fail("closes_at", "must be after opens_at".into());
+        }
+        if self.expires_at < self.closes_at {
+            fail("expires_at", "must not be before closes_at".into());
+        }
+        if self.face_value_fen == 0 || self.face_value_fen > MAX_FACE_VALUE_FEN {
+            fail(
+                "face_value_fen",
+                format!("must be between 1 and {MAX_FACE_VALUE_FEN}"),
+            );
+        }
+        if self.threshold_fen > MAX_THRESHOLD_FEN {
+            fail(
+                "threshold_fen",
+                format!("must be at most {MAX_THRESHOLD_FEN}"),
+            );
+        } else if self.threshold_fen != 0 && self.threshold_fen < self.face_value_fen {
+            fail(
+                "threshold_fen",
+                "must be 0 (no threshold) or at least face_value_fen (满X减Y needs X >= Y)".into(),
+            );
+        }
+        if self.quotas.is_empty() {
+            fail("quotas", "must name at least one county".into());
+        }
+        if self.quotas.len() > MAX_COUNTIES_PER_TRANCHE {
+            fail(
+                "quotas",
+                format!("at most {MAX_COUNTIES_PER_TRANCHE} counties"),
+            );
+        }
+        if !self.quotas.windows(2).all(|w| w[0].0 < w[1].0) {
+            fail("quotas", "county codes must be unique".into());
+        }
+        if let Some((county, quota)) = self.quotas.iter().find(|(_, q)| *q > MAX_QUOTA_PER_COUNTY) {
+            fail(
+                "quotas",
+                format!(
+                    "quota {quota} for {} exceeds {MAX_QUOTA_PER_COUNTY}",
+                    county.0
+                ),
+            );
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
+    pub fn total_quota(&self) -> u64 {
+        self.quotas.iter().map(|(_, q)| u64::from(*q)).sum()
+    }
+}
+
+/// The inventory of one county within one tranche.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct CountyStock {
+    pub county: CountyCode,
+    pub quota: u32,
+    pub issued: u32,
+}
+
+impl CountyStock {
+    pub fn remaining(&self) -> u32 {
+        self.quota - self.issued
+    }
+}
+
+/// A tranche's state as seen at one instant.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum TrancheState {
+    Scheduled,
+    Open,
+    Paused,
+    SoldOut,
+    Closed,
+}
+
+impl TrancheState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrancheState::Scheduled => "scheduled",
+            TrancheState::Open => "open",
+            TrancheState::Paused => "paused",
+            TrancheState::SoldOut => "sold_out",
+            TrancheState::Closed => "closed",
+        }
+    }
+}
+
+/// One claim, after the API layer has parsed it and resolved the county.
+#[derive(Copy, Clone, Debug)]
+pub struct ClaimCommand<'a> {
+    pub identity: IdentityKeys<'a>,
+    pub request_id: &'a str,
+    pub request_fingerprint: u128,
+    /// `None` when the location is outside every county.
+    pub county: Option<CountyCode>,
+    pub location: Location,
+    /// Fresh randomness for the voucher ID, from a CSPRNG.
+    pub entropy: u64,
+}
+
+/// Why a claim gets no voucher. None of these write to the WAL.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    RequestIdReused,
+    NotOpen {
+        opens_at: UnixMillis,
+    },
+    Closed,
+    Paused,
+    OutsideArea,
+    /// The location is in a county, but this tranche has no quota there.
+    CountyNotInTranche {
+        county: CountyCode,
+    },
+    SoldOut,
+}
+
+/// What to do with a claim.
+// Returned once per claim and consumed at once: moving ~250 bytes is cheaper
+// than boxing the event, which would add an allocation on the claim path.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+pub enum ClaimDecision {
+    /// Issue a voucher: queue the event on the WAL, then [`TrancheBook::apply_claim`].
+    Issue {
+        event: VoucherClaimed,
+        digests: ClaimDigests,
+    },
+    /// The same request was answered before: show that voucher again.
+    Replay {
+        voucher_index: u32,
+    },
+    /// One of the identity's keys already holds this voucher.
+    AlreadyClaimed {
+        voucher_index: u32,
+    },
+    Refused(Refusal),
+}
+
+/// Digests computed while deciding, reused when applying.
+#[derive(Copy, Clone, Debug)]
+pub struct ClaimDigests {
+    identity: IdentityDigests,
+    request: KeyDigest,
+}
+
+/// Outcome of a pause/resume request.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ControlDecision {
+    /// Already in the requested state; nothing to record.
+    Unchanged,
+    Apply,
+    /// Refused: the tranche has closed.
+    Closed,
+}
+
+/// Why a tranche cannot be redefined.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RedefineConflict {
+    AlreadyOpened,
+}
+
+#[derive(Copy, Clone, Debug)]
+struct RequestAnswer {
+    fingerprint: u128,
+    voucher_index: u32,
+}
+
+/// The complete state of one tranche.
+#[derive(Clone, Debug)]
+pub struct TrancheBook {
+    ordinal: u32,
+    spec: TrancheSpec,
+    paused: bool,
+    counties: Vec<CountyStock>,
+    vouchers: Vec<Voucher>,
+    voucher_by_random: HashMap<u64, u32, DigestHasherBuilder>,
+    holders: HashMap<KeyDigest, u32, DigestHasherBuilder>,
+    requests: HashMap<KeyDigest, RequestAnswer, DigestHasherBuilder>,
+    digest_key: DigestKey,
+}
+
+impl TrancheBook {
+    /// A new tranche from a spec that passed [`TrancheSpec::validate`].
+    pub fn new(ordinal: u32, spec: TrancheSpec, digest_key: DigestKey) -> TrancheBook {
+        assert!(
+            spec.validate().is_ok(),
+            "tranche spec must be validated before use"
+        );
+        let counties = stock_for(&spec);
+        TrancheBook {
+            ordinal,
+            spec,
+            paused: false,
+            counties,
+            vouchers: Vec::new(),
+            voucher_by_random: HashMap::default(),
+            holders: HashMap::default(),
+            requests: HashMap::default(),
+            digest_key,
+        }
+    }
+
+    pub fn ordinal(&self) -> u32 {
+        self.ordinal
+    }
+    pub fn spec(&self) -> &TrancheSpec {
+        &self.spec
+    }
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+    pub fn counties(&self) -> &[CountyStock] {
+        &self.counties
+    }
+    pub fn vouchers(&self) -> &[Voucher] {
+        &self.vouchers
+    }
+    pub fn voucher(&self, index: u32) -> &Voucher {
+        &self.vouchers[index as usize]
+    }
+
+    pub fn find_voucher(&self, id: VoucherId) -> Option<&Voucher> {
+        if id.tranche_ordinal != self.ordinal {
+            return None;
+        }
+        let index = *self.voucher_by_random.get(&id.random)?;
+        Some(&self.vouchers[index as usize])
+    }
+
+    pub fn remaining_total(&self) -> u64 {
+        self.counties.iter().map(|c| u64::from(c.remaining())).sum()
+    }
+
+    pub fn state(&self, now: UnixMillis) -> TrancheState {
+        if now >= self.spec.closes_at {
+            TrancheState::Closed
+        } else if now < self.spec.opens_at {
+            TrancheState::Scheduled
+        } else if self.paused {
+            TrancheState::Paused
+        } else if self.remaining_total() == 0 {
+            TrancheState::SoldOut
+        } else {
+            TrancheState::Open
+        }
+    }
+
+    /// Decides a claim. Never mutates; see the module docs for the order of checks.
+    pub fn decide_claim(&self, claim: &ClaimCommand<'_>, now: UnixMillis) -> ClaimDecision {
+        // A retry is answered as before, whatever has changed since.
+        let request = self.digest_key.request_digest(claim.request_id);
+        if let Some(answer) = self.requests.get(&request) {
+            return if answer.fingerprint == claim.request_fingerprint {
+                ClaimDecision::Replay {
+                    voucher_index: answer.voucher_index,
+                }
+            } else {
+                ClaimDecision::Refused(Refusal::RequestIdReused)
+            };
+        }
+        if now < self.spec.opens_at {
+            return ClaimDecision::Refused(Refusal::NotOpen {
+                opens_at: self.spec.opens_at,
+            });
+        }
+        if now >= self.spec.closes_at {
+            return ClaimDecision::Refused(Refusal::Closed);
+        }
+        if self.paused {
+            return ClaimDecision::Refused(Refusal::Paused);
+        }
+        let Some(county) = claim.county else {
+            return ClaimDecision::Refused(Refusal::OutsideArea);
+        };
+        let Some(slot) = self.county_slot(county) else {
+            return ClaimDecision::Refused(Refusal::CountyNotInTranche { county });
+        };
+        let identity = self.digest_key.identity_digests(&claim.identity);
+        if let Some(&voucher_index) = identity.as_slice().iter().find_map(|d| self.holders.get(d)) {
+            return ClaimDecision::AlreadyClaimed { voucher_index };
+        }
+        if self.counties[slot].remaining() == 0 {
+            return ClaimDecision::Refused(Refusal::SoldOut);
+        }
+        let voucher_random = self.unused_random(claim.entropy);
+        ClaimDecision::Issue {
+            event: VoucherClaimed {
+                tranche_id: self.spec.tranche_id.clone(),
+                voucher_random,
+                county,
+                claimed_at: now,
+                user_id: claim.identity.user_id.to_owned(),
+                id_hash: claim.identity.id_hash.map(str::to_owned),
+                phone_hash: claim.identity.phone_hash.map(str::to_owned),
+                device_id: claim.identity.device_id.map(str::to_owned),
+                request_id: claim.request_id.to_owned(),
+                request_fingerprint: claim.request_fingerprint,
+                location: claim.location,
+            },
+            digests: ClaimDigests { identity, request },
+        }
+    }
+
+    /// Applies a claim decided by [`Self::decide_claim`] in this process.
+    pub fn apply_claim(&mut self, event: &VoucherClaimed, digests: &ClaimDigests, seq: u64) -> u32 {
+        assert_eq!(event.tranche_id, self.spec.tranche_id);
+        let slot = self
+            .county_slot(event.county)
+            .expect("claimed county must be in the tranche");
+        let stock = &mut self.counties[slot];
+        assert!(
+            stock.issued < stock.quota,
+            "over-issue in {} county {}",
+            self.spec.tranche_id,
+            event.county.0
+        );
+        stock.issued += 1;
+
+        let index = u32::try_from(self.vouchers.len()).expect("voucher count fits u32");
+        for digest in digests.identity.as_slice() {
+            let previous = self.holders.insert(*digest, index);
+            assert!(
+                previous.is_none(),
+                "identity issued twice in {}",
+                self.spec.tranche_id
+            );
+        }
+        let previous = self.requests.insert(
+            digests.request,
+            RequestAnswer {
+                fingerprint: event.request_fingerprint,
+                voucher_index: index,
+            },
+        );
+        assert!(previous.is_none(), "request answered twice");
+        let previous = self.voucher_by_random.insert(event.voucher_random, index);
+        assert!(previous.is_none(), "voucher ID issued twice");
+        self.vouchers.push(Voucher {
+            id: VoucherId {
+                tranche_ordinal: self.ordinal,
+                random: event.voucher_random,
+            },
+            county: event.county,
+            claimed_at: event.claimed_at,
+            user_id: event.user_id.as_str().into(),
+            seq,
+        });
+        index
+    }
+
+    /// Applies a claim read back from the WAL.
+    pub fn replay_claim(&mut self, event: &VoucherClaimed, seq: u64) -> u32 {
+        let identity = self.digest_key.identity_digests(&IdentityKeys {
+            user_id: &event.user_id,
+            id_hash: event.id_hash.as_deref(),
+            phone_hash: event.phone_hash.as_deref(),
+            device_id: event.device_id.as_deref(),
+        });
+        let request = self.digest_key.request_digest(&event.request_id);
+        self.apply_claim(event, &ClaimDigests { identity, request }, seq)
+    }
+
+    pub fn decide_control(&self, control: TrancheControl, now: UnixMillis) -> ControlDecision {
+        if now >= self.spec.closes_at {
+            return ControlDecision::Closed;
+        }
+        let want_paused = control == TrancheControl::Pause;
+        if self.paused == want_paused {
+            ControlDecision::Unchanged
+        } else {
+            ControlDecision::Apply
+        }
+    }
+
+    pub fn apply_control(&mut self, control: TrancheControl) {
+        self.paused = control == TrancheControl::Pause;
+    }
+
+    /// A tranche may be replaced only while it is still scheduled and empty.
+    pub fn decide_redefine(&self, now: UnixMillis) -> Result<(), RedefineConflict> {
+        if now >= self.spec.opens_at || !self.vouchers.is_empty() {
+            Err(RedefineConflict::AlreadyOpened)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn apply_redefine(&mut self, spec: TrancheSpec) {
+        assert!(
+            self.vouchers.is_empty(),
+            "redefining a tranche that issued vouchers"
+        );
+        assert_eq!(spec.tranche_id, self.spec.tranche_id);
+        assert!(
+            spec.validate().is_ok(),
+            "tranche spec must be validated before use"
+        );
+        self.counties = stock_for(&spec);
+        self.spec = spec;
+    }
+
+    fn county_slot(&self, county: CountyCode) -> Option<usize> {
+        // At most MAX_COUNTIES_PER_TRANCHE entries, sorted: a short linear
+        // scan beats hashing at this size.
+        self.counties.iter().position(|c| c.county == county)
+    }
+
+    fn unused_random(&self, entropy: u64) -> u64 {
+        let mut candidate = entropy;
+        for _ in 0..MAX_VOUCHER_ID_ATTEMPTS {
+            if !self.voucher_by_random.contains_key(&candidate) {
+                return candidate;
+            }
+            candidate = splitmix64(candidate);
+        }
+        panic!(
+            "no unused voucher ID after {MAX_VOUCHER_ID_ATTEMPTS} attempts: entropy source is broken"
+        );
+    }
+
+    /// Re-checks every invariant from scratch. Used by tests and after replay.
+    pub fn check_invariants(&self) {
+        let mut per_county: HashMap<CountyCode, u32> = HashMap::new();
+        for voucher in &self.vouchers {
+            *per_county.entry(voucher.county).or_default() += 1;
+        }
+        for stock in &self.counties {
+            assert!(
+                stock.issued <= stock.quota,
+                "over-issue in county {}",
+                stock.county.0
+            );
+            assert_eq!(
+                per_county.remove(&stock.county).unwrap_or(0),
+                stock.issued,
+                "issued count drifted"
+            );
+        }
+        assert!(
+            per_county.is_empty(),
+            "voucher for a county outside the tranche"
+        );
+        assert_eq!(
+            self.voucher_by_random.len(),
+            self.vouchers.len(),
+            "duplicate voucher ID"
+        );
+        assert!(
+            self.holders
+                .values()
+                .all(|&i| (i as usize) < self.vouchers.len())
+        );
+    }
+}
+
+fn stock_for(spec: &TrancheSpec) -> Vec<CountyStock> {
+    spec.quotas
+        .iter()
+        .map(|&(county, quota)| CountyStock {
+            county,
+            quota,
+            issued: 0,
+        })
+        .collect()
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}

@@ -1,0 +1,547 @@
+//! The dispenser: the pure core's state behind locks, wired to the WAL.
+//!
+//! Each tranche is one shard: its [`TrancheBook`] (county inventories, identity
+//! dedupe, request answers) sits behind its own mutex, so claims on different
+//! tranches never contend. Inside a tranche the county inventories cannot be
+//! locked apart from the identity set, because one identity may hold only one
+//! voucher across all of the tranche's counties.
+//!
+//! The claim path, in order:
+//! 1. resolve the county from the location (no lock held);
+//! 2. lock the tranche, let the core decide;
+//! 3. if a voucher is issued: queue the event on the WAL (this assigns its
+//!    sequence number but does no I/O), apply it to the book, unlock;
+//! 4. the caller awaits the WAL's completion and only then answers.
+//!
+//! A shard lock is never held while waiting for a sync. An answer that shows a
+//! voucher issued by someone else's still-unsynced record (a retry, or an
+//! `already_claimed`) also waits until the WAL is durable past that record, so
+//! no answer ever reveals state that a crash could take back.
+
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::oneshot;
+
+use crate::core::{
+    CampaignSpec, Catalog, CatalogError, ClaimCommand, ClaimDecision, ControlDecision, CountyCode,
+    DigestKey, Event, IdentityKeys, Location, Refusal, TrancheBook, TrancheControl, TrancheSpec,
+    TrancheState, UnixMillis, Voucher, VoucherId,
+};
+use crate::geo::RegionIndex;
+use crate::journal;
+use crate::wal::{AppendError, Wal};
+
+type Shard = Arc<Mutex<TrancheBook>>;
+
+/// Names of the configured counties, sorted by code.
+#[derive(Clone, Debug, Default)]
+pub struct CountyDirectory {
+    entries: Vec<(CountyCode, String)>,
+}
+
+impl CountyDirectory {
+    pub fn new(mut entries: Vec<(CountyCode, String)>) -> CountyDirectory {
+        entries.sort_by_key(|(c, _)| *c);
+        CountyDirectory { entries }
+    }
+    pub fn name(&self, code: CountyCode) -> Option<&str> {
+        let i = self.entries.binary_search_by_key(&code, |(c, _)| *c).ok()?;
+        Some(&self.entries[i].1)
+    }
+}
+
+/// Whether an answer may go out now or must wait for the WAL.
+#[derive(Debug)]
+pub enum Durability {
+    Ready,
+    Wait(oneshot::Receiver<()>),
+}
+
+impl Durability {
+    /// Waits until the state the answer depends on is durable. Returns false if
+    /// the WAL stopped first (the daemon is exiting; do not acknowledge).
+    pub async fn wait(self) -> bool {
+        match self {
+            Durability::Ready => true,
+            Durability::Wait(rx) => rx.await.is_ok(),
+        }
+    }
+
+    /// [`Self::wait`] for threads outside the async runtime (start-up).
+    pub fn wait_blocking(self) -> bool {
+        match self {
+            Durability::Ready => true,
+            Durability::Wait(rx) => rx.blocking_recv().is_ok(),
+        }
+    }
+}
+
+/// Everything an answer shows about a voucher.
+#[derive(Clone, Debug)]
+pub struct VoucherView {
+    pub id: VoucherId,
+    pub tranche_id: String,
+    pub campaign_id: String,
+    pub county: CountyCode,
+    pub county_name: String,
+    pub face_value_fen: u64,
+    pub threshold_fen: u64,
+    pub claimed_at: UnixMillis,
+    pub expires_at: UnixMillis,
+}
+
+impl VoucherView {
+    pub fn state(&self, now: UnixMillis) -> &'static str {
+        if now >= self.expires_at {
+            "expired"
+        } else {
+            "claimed"
+        }
+    }
+}
+
+/// One claim as the API layer parsed it.
+#[derive(Clone, Copy, Debug)]
+pub struct ClaimInput<'a> {
+    pub tranche_id: &'a str,
+    pub identity: IdentityKeys<'a>,
+    pub request_id: &'a str,
+    pub request_fingerprint: u128,
+    pub location: Location,
+    pub entropy: u64,
+}
+
+#[derive(Debug)]
+pub enum ClaimOutcome {
+    Claimed(VoucherView, Durability),
+    Replayed(VoucherView, Durability),
+    AlreadyClaimed(VoucherView, Durability),
+    Refused(Refusal),
+    UnknownTranche,
+    /// The WAL refused to queue the record (full or shutting down); nothing changed.
+    Unavailable(AppendError),
+}
+
+#[derive(Clone, Debug)]
+pub struct CountyView {
+    pub county: CountyCode,
+    pub name: String,
+    pub quota: u32,
+    pub issued: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct TrancheView {
+    pub spec: TrancheSpec,
+    pub state: TrancheState,
+    pub paused: bool,
+    pub counties: Vec<CountyView>,
+}
+
+#[derive(Debug)]
+pub enum AdminError {
+    UnknownCampaign,
+    UnknownTranche,
+    TooManyCampaigns,
+    TooManyTranches,
+    /// The tranche has opened (or issued vouchers) and can no longer be replaced.
+    AlreadyOpened,
+    /// The tranche has closed; pause/resume no longer apply.
+    Closed,
+    Unavailable(AppendError),
+}
+
+impl From<CatalogError> for AdminError {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::UnknownCampaign => AdminError::UnknownCampaign,
+            CatalogError::TooManyCampaigns => AdminError::TooManyCampaigns,
+            CatalogError::TooManyTranches => AdminError::TooManyTranches,
+        }
+    }
+}
+
+/// Whether an admin definition created something new.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Defined {
+    Created,
+    Replaced,
+    Unchanged,
+}
+
+/// Replay failed: a record decoded but does not fit the state built so far.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("record {seq}: {source}")]
+    Decode {
+        seq: u64,
+        #[source]
+        source: journal::DecodeError,
+    },
+    #[error("record {seq}: {reason}")]
+    Inconsistent { seq: u64, reason: String },
+}
+
+/// State rebuilt from the WAL, before the WAL is open for appends.
+pub struct Recovered {
+    catalog: Catalog<Shard>,
+    digest_key: DigestKey,
+    pub records: u64,
+}
+
+impl Recovered {
+    pub fn new(digest_key: DigestKey) -> Recovered {
+        Recovered {
+            catalog: Catalog::default(),
+            digest_key,
+            records: 0,
+        }
+    }
+
+    /// Applies one WAL record. Decided events are facts: they are applied, not re-decided.
+    pub fn apply(&mut self, seq: u64, kind: u8, payload: &[u8]) -> Result<(), ReplayError> {
+        let event =
+            journal::decode(kind, payload).map_err(|source| ReplayError::Decode { seq, source })?;
+        let inconsistent = |reason: String| ReplayError::Inconsistent { seq, reason };
+        self.records += 1;
+        match event {
+            Event::CampaignDefined(spec) => self.catalog.apply_campaign(&spec),
+            Event::TrancheDefined { ordinal, spec } => {
+                spec.validate()
+                    .map_err(|e| inconsistent(format!("invalid tranche spec: {e:?}")))?;
+                let len = self.catalog.tranches().len() as u64;
+                if u64::from(ordinal) == len {
+                    let id = spec.tranche_id.clone();
+                    let book = TrancheBook::new(ordinal, spec, self.digest_key);
+                    self.catalog
+                        .apply_new_tranche(ordinal, &id, Arc::new(Mutex::new(book)));
+                } else {
+                    let shard = self.catalog.tranche_by_ordinal(ordinal).ok_or_else(|| {
+                        inconsistent(format!("tranche ordinal {ordinal} skips ahead of {len}"))
+                    })?;
+                    let mut book = shard.lock();
+                    if book.spec().tranche_id != spec.tranche_id || !book.vouchers().is_empty() {
+                        return Err(inconsistent(format!(
+                            "redefinition of ordinal {ordinal} does not fit"
+                        )));
+                    }
+                    book.apply_redefine(spec);
+                }
+            }
+            Event::TrancheControlled {
+                tranche_id,
+                control,
+                ..
+            } => {
+                let shard = self
+                    .catalog
+                    .tranche(&tranche_id)
+                    .ok_or_else(|| inconsistent(format!("unknown tranche {tranche_id}")))?;
+                shard.lock().apply_control(control);
+            }
+            Event::VoucherClaimed(claim) => {
+                let shard = self
+                    .catalog
+                    .tranche(&claim.tranche_id)
+                    .ok_or_else(|| inconsistent(format!("unknown tranche {}", claim.tranche_id)))?;
+                // The core asserts quota, dedupe and ID uniqueness: a CRC-valid
+                // record that breaks them is a bug, and the daemon must crash.
+                shard.lock().replay_claim(&claim, seq);
+            }
+        }
+        Ok(())
+    }
+}
+
+pub struct Dispenser {
+    catalog: RwLock<Catalog<Shard>>,
+    counties: CountyDirectory,
+    regions: RegionIndex,
+    wal: Wal,
+    digest_key: DigestKey,
+}
+
+impl Dispenser {
+    pub fn new(
+        recovered: Recovered,
+        counties: CountyDirectory,
+        regions: RegionIndex,
+        wal: Wal,
+    ) -> Dispenser {
+        for shard in recovered.catalog.tranches() {
+            shard.lock().check_invariants();
+        }
+        Dispenser {
+            catalog: RwLock::new(recovered.catalog),
+            counties,
+            regions,
+            wal,
+            digest_key: recovered.digest_key,
+        }
+    }
+
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    pub fn counties(&self) -> &CountyDirectory {
+        &self.counties
+    }
+
+    pub fn into_wal(self) -> Wal {
+        self.wal
+    }
+
+    pub fn claim(&self, input: &ClaimInput<'_>, now: UnixMillis) -> ClaimOutcome {
+        let county = self
+            .regions
+            .locate_point(
+                input.location.lng,
+                input.location.lat,
+                geo_crs(input.location.crs),
+            )
+            .map(CountyCode);
+        let Some(shard) = self.shard(input.tranche_id) else {
+            return ClaimOutcome::UnknownTranche;
+        };
+        let mut book = shard.lock();
+        let command = ClaimCommand {
+            identity: input.identity,
+            request_id: input.request_id,
+            request_fingerprint: input.request_fingerprint,
+            county,
+            location: input.location,
+            entropy: input.entropy,
+        };
+        match book.decide_claim(&command, now) {
+            ClaimDecision::Issue { event, digests } => {
+                let event = Event::VoucherClaimed(event);
+                let (tx, rx) = oneshot::channel();
+                let seq =
+                    match self
+                        .wal
+                        .append(journal::kind_of(&event), journal::encode(&event), tx)
+                    {
+                        Ok(seq) => seq,
+                        Err(e) => return ClaimOutcome::Unavailable(e),
+                    };
+                let Event::VoucherClaimed(claim) = &event else {
+                    unreachable!("built above")
+                };
+                let index = book.apply_claim(claim, &digests, seq);
+                ClaimOutcome::Claimed(
+                    self.voucher_view(&book, book.voucher(index)),
+                    Durability::Wait(rx),
+                )
+            }
+            ClaimDecision::Replay { voucher_index } => {
+                let voucher = book.voucher(voucher_index);
+                let view = self.voucher_view(&book, voucher);
+                let seq = voucher.seq;
+                drop(book);
+                match self.durability(seq) {
+                    Ok(d) => ClaimOutcome::Replayed(view, d),
+                    Err(e) => ClaimOutcome::Unavailable(e),
+                }
+            }
+            ClaimDecision::AlreadyClaimed { voucher_index } => {
+                let voucher = book.voucher(voucher_index);
+                let view = self.voucher_view(&book, voucher);
+                let seq = voucher.seq;
+                drop(book);
+                match self.durability(seq) {
+                    Ok(d) => ClaimOutcome::AlreadyClaimed(view, d),
+                    Err(e) => ClaimOutcome::Unavailable(e),
+                }
+            }
+            ClaimDecision::Refused(refusal) => ClaimOutcome::Refused(refusal),
+        }
+    }
+
+    pub fn voucher(&self, id: VoucherId) -> Option<(VoucherView, Durability)> {
+        let shard = self
+            .catalog
+            .read()
+            .tranche_by_ordinal(id.tranche_ordinal)
+            .cloned()?;
+        let book = shard.lock();
+        let voucher = book.find_voucher(id)?;
+        let view = self.voucher_view(&book, voucher);
+        let seq = voucher.seq;
+        drop(book);
+        // A voucher whose record is not yet durable does not exist for readers.
+        let durability = self.durability(seq).ok()?;
+        Some((view, durability))
+    }
+
+    pub fn tranche(&self, tranche_id: &str, now: UnixMillis) -> Option<TrancheView> {
+        let shard = self.shard(tranche_id)?;
+        let book = shard.lock();
+        Some(self.tranche_view(&book, now))
+    }
+
+    /// Calls `f` with a view of every tranche (for metrics and listings).
+    pub fn each_tranche(&self, now: UnixMillis, mut f: impl FnMut(&TrancheView)) {
+        let shards: Vec<Shard> = self.catalog.read().tranches().to_vec();
+        for shard in shards {
+            let view = self.tranche_view(&shard.lock(), now);
+            f(&view);
+        }
+    }
+
+    pub fn define_campaign(&self, spec: CampaignSpec) -> Result<(Defined, Durability), AdminError> {
+        let mut catalog = self.catalog.write();
+        let existed = catalog.campaign(&spec.campaign_id).is_some();
+        if !catalog.decide_campaign(&spec)? {
+            return Ok((
+                Defined::Unchanged,
+                self.durability(self.wal.next_seq() - 1)
+                    .map_err(AdminError::Unavailable)?,
+            ));
+        }
+        let durability = self.append(&Event::CampaignDefined(spec.clone()))?;
+        catalog.apply_campaign(&spec);
+        let defined = if existed {
+            Defined::Replaced
+        } else {
+            Defined::Created
+        };
+        Ok((defined, durability))
+    }
+
+    /// Creates a tranche, or replaces one that has not opened.
+    pub fn define_tranche(
+        &self,
+        spec: TrancheSpec,
+        now: UnixMillis,
+    ) -> Result<(Defined, Durability), AdminError> {
+        assert!(spec.validate().is_ok(), "the API layer validates specs");
+        let mut catalog = self.catalog.write();
+        catalog.check_campaign(&spec.campaign_id)?;
+        if let Some(shard) = catalog.tranche(&spec.tranche_id).cloned() {
+            let mut book = shard.lock();
+            if *book.spec() == spec {
+                drop(book);
+                return Ok((
+                    Defined::Unchanged,
+                    self.durability(self.wal.next_seq() - 1)
+                        .map_err(AdminError::Unavailable)?,
+                ));
+            }
+            book.decide_redefine(now)
+                .map_err(|_| AdminError::AlreadyOpened)?;
+            let durability = self.append(&Event::TrancheDefined {
+                ordinal: book.ordinal(),
+                spec: spec.clone(),
+            })?;
+            book.apply_redefine(spec);
+            return Ok((Defined::Replaced, durability));
+        }
+        let ordinal = catalog.decide_new_tranche(&spec.campaign_id)?;
+        let durability = self.append(&Event::TrancheDefined {
+            ordinal,
+            spec: spec.clone(),
+        })?;
+        let id = spec.tranche_id.clone();
+        catalog.apply_new_tranche(
+            ordinal,
+            &id,
+            Arc::new(Mutex::new(TrancheBook::new(ordinal, spec, self.digest_key))),
+        );
+        Ok((Defined::Created, durability))
+    }
+
+    pub fn control_tranche(
+        &self,
+        tranche_id: &str,
+        control: TrancheControl,
+        now: UnixMillis,
+    ) -> Result<(TrancheView, Durability), AdminError> {
+        let shard = self.shard(tranche_id).ok_or(AdminError::UnknownTranche)?;
+        let mut book = shard.lock();
+        let durability = match book.decide_control(control, now) {
+            ControlDecision::Closed => return Err(AdminError::Closed),
+            ControlDecision::Unchanged => self
+                .durability(self.wal.next_seq() - 1)
+                .map_err(AdminError::Unavailable)?,
+            ControlDecision::Apply => {
+                let durability = self.append(&Event::TrancheControlled {
+                    tranche_id: tranche_id.to_owned(),
+                    control,
+                    at: now,
+                })?;
+                book.apply_control(control);
+                durability
+            }
+        };
+        Ok((self.tranche_view(&book, now), durability))
+    }
+
+    /// The recorded definition of a tranche, if any.
+    pub fn tranche_spec(&self, tranche_id: &str) -> Option<TrancheSpec> {
+        Some(self.shard(tranche_id)?.lock().spec().clone())
+    }
+
+    fn shard(&self, tranche_id: &str) -> Option<Shard> {
+        self.catalog.read().tranche(tranche_id).cloned()
+    }
+
+    fn append(&self, event: &Event) -> Result<Durability, AdminError> {
+        let (tx, rx) = oneshot::channel();
+        self.wal
+            .append(journal::kind_of(event), journal::encode(event), tx)
+            .map_err(AdminError::Unavailable)?;
+        Ok(Durability::Wait(rx))
+    }
+
+    /// Ready if the WAL is durable through `seq`, else a barrier to wait on.
+    fn durability(&self, seq: u64) -> Result<Durability, AppendError> {
+        if seq <= self.wal.durable_seq() {
+            return Ok(Durability::Ready);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.wal.barrier(tx)?;
+        Ok(Durability::Wait(rx))
+    }
+
+    fn voucher_view(&self, book: &TrancheBook, voucher: &Voucher) -> VoucherView {
+        let spec = book.spec();
+        VoucherView {
+            id: voucher.id,
+            tranche_id: spec.tranche_id.clone(),
+            campaign_id: spec.campaign_id.clone(),
+            county: voucher.county,
+            county_name: self.counties.name(voucher.county).unwrap_or("").to_owned(),
+            face_value_fen: spec.face_value_fen,
+            threshold_fen: spec.threshold_fen,
+            claimed_at: voucher.claimed_at,
+            expires_at: spec.expires_at,
+        }
+    }
+
+    fn tranche_view(&self, book: &TrancheBook, now: UnixMillis) -> TrancheView {
+        TrancheView {
+            spec: book.spec().clone(),
+            state: book.state(now),
+            paused: book.is_paused(),
+            counties: book
+                .counties()
+                .iter()
+                .map(|c| CountyView {
+                    county: c.county,
+                    name: self.counties.name(c.county).unwrap_or("").to_owned(),
+                    quota: c.quota,
+                    issued: c.issued,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn geo_crs(crs: crate::core::Crs) -> crate::geo::Crs {
+    match crs {
+        crate::core::Crs::Gcj02 => crate::geo::Crs::Gcj02,
+        crate::core::Crs::Wgs84 => crate::geo::Crs::Wgs84,
+    }
+}

@@ -1,0 +1,354 @@
+//! The journal codec: core [`Event`]s to and from WAL record payloads.
+//!
+//! The WAL frames, checksums and orders opaque payloads; this module gives them
+//! meaning. The encoding is explicit little-endian binary with length-prefixed
+//! strings, so the format is stable and owes nothing to a serialization
+//! library. Decoding never panics: every read is bounds-checked and every
+//! length is limited, because the bytes come from disk.
+
+use crate::core::{
+    CampaignSpec, CountyCode, Crs, Event, Location, TrancheControl, TrancheSpec, UnixMillis,
+    VoucherClaimed,
+};
+
+/// WAL record kinds. 0 is reserved as invalid by the WAL.
+pub const KIND_CAMPAIGN_DEFINED: u8 = 1;
+pub const KIND_TRANCHE_DEFINED: u8 = 2;
+pub const KIND_TRANCHE_CONTROLLED: u8 = 3;
+pub const KIND_VOUCHER_CLAIMED: u8 = 4;
+
+/// Longest string field in any record.
+pub const MAX_FIELD_BYTES: usize = 1_024;
+/// Most county quotas in one tranche record.
+pub const MAX_QUOTAS_PER_RECORD: usize = 1_024;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("unknown record kind {0}")]
+    UnknownKind(u8),
+    #[error("record ends early while reading {0}")]
+    Truncated(&'static str),
+    #[error("field {0} is longer than {MAX_FIELD_BYTES} bytes")]
+    FieldTooLong(&'static str),
+    #[error("field {0} is not UTF-8")]
+    NotUtf8(&'static str),
+    #[error("field {0} has invalid value {1}")]
+    BadValue(&'static str, u64),
+    #[error("{0} trailing bytes after the record")]
+    TrailingBytes(usize),
+}
+
+/// The record kind for an event.
+pub fn kind_of(event: &Event) -> u8 {
+    match event {
+        Event::CampaignDefined(_) => KIND_CAMPAIGN_DEFINED,
+        Event::TrancheDefined { .. } => KIND_TRANCHE_DEFINED,
+        Event::TrancheControlled { .. } => KIND_TRANCHE_CONTROLLED,
+        Event::VoucherClaimed(_) => KIND_VOUCHER_CLAIMED,
+    }
+}
+
+pub fn encode(event: &Event) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(256));
+    match event {
+        Event::CampaignDefined(c) => {
+            w.str(&c.campaign_id);
+            w.str(&c.name);
+        }
+        Event::TrancheDefined { ordinal, spec } => {
+            w.u32(*ordinal);
+            w.str(&spec.tranche_id);
+            w.str(&spec.campaign_id);
+            w.i64(spec.opens_at.0);
+            w.i64(spec.closes_at.0);
+            w.i64(spec.expires_at.0);
+            w.u64(spec.face_value_fen);
+            w.u64(spec.threshold_fen);
+            w.u32(u32::try_from(spec.quotas.len()).expect("validated quota count"));
+            for (county, quota) in &spec.quotas {
+                w.u32(county.0);
+                w.u32(*quota);
+            }
+        }
+        Event::TrancheControlled {
+            tranche_id,
+            control,
+            at,
+        } => {
+            w.str(tranche_id);
+            w.u8(match control {
+                TrancheControl::Pause => 1,
+                TrancheControl::Resume => 2,
+            });
+            w.i64(at.0);
+        }
+        Event::VoucherClaimed(v) => encode_claim(&mut w, v),
+    }
+    w.0
+}
+
+fn encode_claim(w: &mut Writer, v: &VoucherClaimed) {
+    w.str(&v.tranche_id);
+    w.u64(v.voucher_random);
+    w.u32(v.county.0);
+    w.i64(v.claimed_at.0);
+    w.str(&v.user_id);
+    w.opt_str(v.id_hash.as_deref());
+    w.opt_str(v.phone_hash.as_deref());
+    w.opt_str(v.device_id.as_deref());
+    w.str(&v.request_id);
+    w.u128(v.request_fingerprint);
+    w.u64(v.location.lng.to_bits());
+    w.u64(v.location.lat.to_bits());
+    w.u8(match v.location.crs {
+        Crs::Gcj02 => 1,
+        Crs::Wgs84 => 2,
+    });
+}
+
+pub fn decode(kind: u8, payload: &[u8]) -> Result<Event, DecodeError> {
+    let mut r = Reader(payload);
+    let event = match kind {
+        KIND_CAMPAIGN_DEFINED => Event::CampaignDefined(CampaignSpec {
+            campaign_id: r.str("campaign_id")?,
+            name: r.str("name")?,
+        }),
+        KIND_TRANCHE_DEFINED => {
+            let ordinal = r.u32("ordinal")?;
+            let tranche_id = r.str("tranche_id")?;
+            let campaign_id = r.str("campaign_id")?;
+            let opens_at = UnixMillis(r.i64("opens_at")?);
+            let closes_at = UnixMillis(r.i64("closes_at")?);
+            let expires_at = UnixMillis(r.i64("expires_at")?);
+            let face_value_fen = r.u64("face_value_fen")?;
+            let threshold_fen = r.u64("threshold_fen")?;
+            let count = r.u32("quota_count")? as usize;
+            if count > MAX_QUOTAS_PER_RECORD {
+                return Err(DecodeError::BadValue("quota_count", count as u64));
+            }
+            let mut quotas = Vec::with_capacity(count);
+            for _ in 0..count {
+                quotas.push((CountyCode(r.u32("county")?), r.u32("quota")?));
+            }
+            Event::TrancheDefined {
+                ordinal,
+                spec: TrancheSpec {
+                    tranche_id,
+                    campaign_id,
+                    opens_at,
+                    closes_at,
+                    expires_at,
+                    face_value_fen,
+                    threshold_fen,
+                    quotas,
+                },
+            }
+        }
+        KIND_TRANCHE_CONTROLLED => {
+            let tranche_id = r.str("tranche_id")?;
+            let control = match r.u8("control")? {
+                1 => TrancheControl::Pause,
+                2 => TrancheControl::Resume,
+                other => return Err(DecodeError::BadValue("control", u64::from(other))),
+            };
+            Event::TrancheControlled {
+                tranche_id,
+                control,
+                at: UnixMillis(r.i64("at")?),
+            }
+        }
+        KIND_VOUCHER_CLAIMED => Event::VoucherClaimed(decode_claim(&mut r)?),
+        other => return Err(DecodeError::UnknownKind(other)),
+    };
+    if !r.0.is_empty() {
+        return Err(DecodeError::TrailingBytes(r.0.len()));
+    }
+    Ok(event)
+}
+
+fn decode_claim(r: &mut Reader<'_>) -> Result<VoucherClaimed, DecodeError> {
+    Ok(VoucherClaimed {
+        tranche_id: r.str("tranche_id")?,
+        voucher_random: r.u64("voucher_random")?,
+        county: CountyCode(r.u32("county")?),
+        claimed_at: UnixMillis(r.i64("claimed_at")?),
+        user_id: r.str("user_id")?,
+        id_hash: r.opt_str("id_hash")?,
+        phone_hash: r.opt_str("phone_hash")?,
+        device_id: r.opt_str("device_id")?,
+        request_id: r.str("request_id")?,
+        request_fingerprint: r.u128("request_fingerprint")?,
+        location: Location {
+            lng: f64::from_bits(r.u64("lng")?),
+            lat: f64::from_bits(r.u64("lat")?),
+            crs: match r.u8("crs")? {
+                1 => Crs::Gcj02,
+                2 => Crs::Wgs84,
+                other => return Err(DecodeError::BadValue("crs", u64::from(other))),
+            },
+        },
+    })
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn i64(&mut self, v: i64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u128(&mut self, v: u128) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn str(&mut self, s: &str) {
+        assert!(
+            s.len() <= MAX_FIELD_BYTES,
+            "string field over {MAX_FIELD_BYTES} bytes reached the journal"
+        );
+        self.0.extend_from_slice(&(s.len() as u16).to_le_bytes());
+        self.0.extend_from_slice(s.as_bytes());
+    }
+    fn opt_str(&mut self, s: Option<&str>) {
+        match s {
+            None => self.u8(0),
+            Some(s) => {
+                self.u8(1);
+                self.str(s);
+            }
+        }
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError::Truncated(field));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
+        let bytes = self.take(N, field)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(bytes);
+        Ok(out)
+    }
+    fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>(field)?[0])
+    }
+    fn u32(&mut self, field: &'static str) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.array(field)?))
+    }
+    fn u64(&mut self, field: &'static str) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.array(field)?))
+    }
+    fn i64(&mut self, field: &'static str) -> Result<i64, DecodeError> {
+        Ok(i64::from_le_bytes(self.array(field)?))
+    }
+    fn u128(&mut self, field: &'static str) -> Result<u128, DecodeError> {
+        Ok(u128::from_le_bytes(self.array(field)?))
+    }
+    fn str(&mut self, field: &'static str) -> Result<String, DecodeError> {
+        let len = u16::from_le_bytes(self.array(field)?) as usize;
+        if len > MAX_FIELD_BYTES {
+            return Err(DecodeError::FieldTooLong(field));
+        }
+        let bytes = self.take(len, field)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::NotUtf8(field))
+    }
+    fn opt_str(&mut self, field: &'static str) -> Result<Option<String>, DecodeError> {
+        match self.u8(field)? {
+            0 => Ok(None),
+            1 => self.str(field).map(Some),
+            other => Err(DecodeError::BadValue(field, u64::from(other))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Event> {
+        vec![
+            Event::CampaignDefined(CampaignSpec {
+                campaign_id: "yc-2026".into(),
+                name: "宜昌消费券".into(),
+            }),
+            Event::TrancheDefined {
+                ordinal: 3,
+                spec: TrancheSpec {
+                    tranche_id: "t-1".into(),
+                    campaign_id: "yc-2026".into(),
+                    opens_at: UnixMillis(1),
+                    closes_at: UnixMillis(2),
+                    expires_at: UnixMillis(3),
+                    face_value_fen: 2_000,
+                    threshold_fen: 10_000,
+                    quotas: vec![(CountyCode(420502), 10), (CountyCode(420503), 0)],
+                },
+            },
+            Event::TrancheControlled {
+                tranche_id: "t-1".into(),
+                control: TrancheControl::Pause,
+                at: UnixMillis(-5),
+            },
+            Event::VoucherClaimed(VoucherClaimed {
+                tranche_id: "t-1".into(),
+                voucher_random: u64::MAX,
+                county: CountyCode(420502),
+                claimed_at: UnixMillis(1_700_000_000_000),
+                user_id: "u1".into(),
+                id_hash: Some("ab".repeat(32)),
+                phone_hash: None,
+                device_id: Some("dev".into()),
+                request_id: "r1".into(),
+                request_fingerprint: u128::MAX - 7,
+                location: Location {
+                    lng: 111.3,
+                    lat: 30.7,
+                    crs: Crs::Wgs84,
+                },
+            }),
+        ]
+    }
+
+    #[test]
+    fn round_trip_every_kind() {
+        for event in samples() {
+            let bytes = encode(&event);
+            assert_eq!(decode(kind_of(&event), &bytes), Ok(event));
+        }
+    }
+
+    #[test]
+    fn truncation_and_garbage_are_errors() {
+        for event in samples() {
+            let bytes = encode(&event);
+            for cut in 0..bytes.len() {
+                assert!(
+                    decode(kind_of(&event), &bytes[..cut]).is_err(),
+                    "cut at {cut}"
+                );
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert_eq!(
+                decode(kind_of(&event), &longer),
+                Err(DecodeError::TrailingBytes(1))
+            );
+        }
+        assert_eq!(decode(99, &[]), Err(DecodeError::UnknownKind(99)));
+    }
+}

@@ -1,0 +1,381 @@
+//! voucherd's write-ahead log: memory-mapped segments, group commit, and replay.
+//!
+//! Every state change of the daemon is appended here before it is acknowledged. A claim is
+//! answered only after the completion passed to [`Wal::append`] (or [`Wal::barrier`]) fired,
+//! which happens only after the record's batch was synced to disk.
+//!
+//! # Code map
+//! - `frame.rs`: the byte layout of segment headers, batches and records, with CRC32C. Pure.
+//!   **Invariant:** no I/O, no `unsafe`, no panics on any input.
+//! - `segment.rs`: the directory lock, segment creation (`fallocate`, never sparse), mapping and
+//!   `msync`. **Invariant:** the only file of voucherd with `unsafe`.
+//! - `committer.rs`: the bounded append queue and the single `wal-committer` thread.
+//!   **Invariant:** at most one batch is unsynced at any time; completions fire only after sync.
+//! - `replay.rs`: validation, torn-tail detection and delivery, with the crash-safety rules.
+//!   **Invariant:** a corrupt log is never "repaired"; only a torn final batch is erased.
+//! - `error.rs`: the error enums.
+//!
+//! # Write path
+//! 1. [`Wal::append`] assigns the next seq and queues the record under a short lock; no I/O.
+//! 2. The committer takes a batch, rolls to a new segment if it does not fit, copies it into the
+//!    mapped tail, and syncs its pages with `msync(MS_SYNC)`.
+//! 3. It publishes [`Wal::durable_seq`], then fires the batch's completions and due barriers.
+//! 4. A failed sync or segment creation exits the process with [`WAL_FATAL_EXIT_CODE`].
+//!
+//! # Startup
+//! [`open`] locks the directory, validates every segment, delivers every durable record to the
+//! callback in seq order, erases a torn tail (the remains of the one batch that was being
+//! written when the process died), and starts the committer. [`scan`] does the same checks
+//! read-only, for operator tools.
+
+mod committer;
+mod error;
+pub mod frame;
+mod replay;
+mod segment;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+pub use crate::wal::error::{AppendError, CorruptReason, OpenError, OptionsError};
+pub use crate::wal::frame::{
+    FrameError, HeaderError, MAX_BATCH_BODY_BYTES, MAX_BATCH_RECORDS, MAX_RECORD_ENCODED_BYTES,
+    MAX_RECORD_PAYLOAD_BYTES, RecordRef,
+};
+pub use crate::wal::replay::ReplayReport;
+pub use crate::wal::segment::{StorageError, segment_file_name};
+
+use crate::wal::committer::{BatchLimits, Committer, Shared};
+use crate::wal::frame::SEGMENT_HEADER_BYTES;
+use crate::wal::segment::{WalDir, WritableSegment};
+
+/// Process exit code after a failed sync or segment creation (`EX_IOERR`).
+pub const WAL_FATAL_EXIT_CODE: i32 = 74;
+/// Name of the group-commit thread.
+pub const COMMITTER_THREAD_NAME: &str = "wal-committer";
+/// Seq of the first record of a log.
+pub const FIRST_SEQ: u64 = 1;
+/// Index of the first segment of a log. Until voucherd has snapshots that let old segments be
+/// deleted, a log must start with this segment, so a lost first segment is detected.
+pub const FIRST_SEGMENT_INDEX: u64 = 1;
+/// Smallest allowed `segment_size_bytes`.
+pub const MIN_SEGMENT_SIZE_BYTES: u64 = 1024 * 1024;
+/// Largest allowed `segment_size_bytes`.
+pub const MAX_SEGMENT_SIZE_BYTES: u64 = 1024 * 1024 * 1024;
+/// `segment_size_bytes` must be a multiple of this (the page size).
+pub const SEGMENT_SIZE_ALIGNMENT_BYTES: u64 = 4096;
+/// Smallest allowed `max_batch_bytes`: one record with the largest payload.
+pub const MIN_BATCH_BYTES: usize = MAX_RECORD_ENCODED_BYTES;
+/// Largest allowed `max_queue_records` (and bound on pending barriers).
+pub const MAX_QUEUE_RECORDS: usize = 1 << 20;
+/// Hard cap on the encoded bytes of queued-but-unwritten records, whatever the options say.
+pub const MAX_QUEUED_BYTES: usize = 256 * 1024 * 1024;
+/// Largest allowed `batch_window`.
+pub const MAX_BATCH_WINDOW: Duration = Duration::from_millis(100);
+/// Most segment files replay accepts in one directory.
+pub const MAX_SEGMENT_FILES: usize = 100_000;
+
+/// Fires (with `()`) once the record or barrier is durable. If it is dropped unfired, the
+/// receiver sees an error: the write was refused or the process is going down.
+pub type Completion = tokio::sync::oneshot::Sender<()>;
+
+/// Receives one event per synced batch (for metrics). Called on the committer thread after the
+/// batch's completions fired, so it must be quick and must not block.
+pub trait WalObserver: Send + Sync {
+    /// A batch of `records` records and `bytes` encoded bytes was synced in `sync_duration`.
+    fn batch_synced(&self, records: usize, bytes: usize, sync_duration: Duration);
+}
+
+/// An observer that ignores every event.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoopObserver;
+
+impl WalObserver for NoopObserver {
+    fn batch_synced(&self, _records: usize, _bytes: usize, _sync_duration: Duration) {}
+}
+
+/// Configuration of a [`Wal`]; checked by [`WalOptions::validate`] when the log is opened.
+#[derive(Clone)]
+pub struct WalOptions {
+    /// Directory holding the segment files; created if missing.
+    pub dir: PathBuf,
+    /// Size of new segment files: at least [`MIN_SEGMENT_SIZE_BYTES`], a multiple of
+    /// [`SEGMENT_SIZE_ALIGNMENT_BYTES`], at most [`MAX_SEGMENT_SIZE_BYTES`].
+    pub segment_size_bytes: u64,
+    /// Group-commit cap on records per batch: `1..=MAX_BATCH_RECORDS`.
+    pub max_batch_records: usize,
+    /// Group-commit cap on encoded record bytes per batch:
+    /// `MIN_BATCH_BYTES..=MAX_BATCH_BODY_BYTES`, and a full batch must fit in an empty segment.
+    pub max_batch_bytes: usize,
+    /// 0: sync as soon as the committer is free. Otherwise, after the first record of a batch
+    /// arrives, wait up to this long for the batch caps to fill. At most [`MAX_BATCH_WINDOW`].
+    pub batch_window: Duration,
+    /// Bound on queued-but-unwritten records: `1..=MAX_QUEUE_RECORDS`.
+    pub max_queue_records: usize,
+    /// Receives per-batch sync events.
+    pub observer: Arc<dyn WalObserver>,
+}
+
+impl fmt::Debug for WalOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WalOptions")
+            .field("dir", &self.dir)
+            .field("segment_size_bytes", &self.segment_size_bytes)
+            .field("max_batch_records", &self.max_batch_records)
+            .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("batch_window", &self.batch_window)
+            .field("max_queue_records", &self.max_queue_records)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WalOptions {
+    /// Options with production defaults: 64 MiB segments, batches of up to 4,096 records or
+    /// 4 MiB, no batch window, 65,536 queued records, no observer.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            segment_size_bytes: 64 * 1024 * 1024,
+            max_batch_records: 4096,
+            max_batch_bytes: 4 * 1024 * 1024,
+            batch_window: Duration::ZERO,
+            max_queue_records: 65_536,
+            observer: Arc::new(NoopObserver),
+        }
+    }
+
+    /// Checks every field and how they relate; returns all problems at once.
+    pub fn validate(&self) -> Result<(), Vec<OptionsError>> {
+        let mut problems = Vec::new();
+        let segment = self.segment_size_bytes;
+        if !(MIN_SEGMENT_SIZE_BYTES..=MAX_SEGMENT_SIZE_BYTES).contains(&segment) {
+            problems.push(OptionsError::SegmentSizeOutOfRange {
+                value: segment,
+                min: MIN_SEGMENT_SIZE_BYTES,
+                max: MAX_SEGMENT_SIZE_BYTES,
+            });
+        }
+        if !segment.is_multiple_of(SEGMENT_SIZE_ALIGNMENT_BYTES) {
+            problems.push(OptionsError::SegmentSizeMisaligned {
+                value: segment,
+                alignment: SEGMENT_SIZE_ALIGNMENT_BYTES,
+            });
+        }
+        if !(1..=MAX_BATCH_RECORDS).contains(&self.max_batch_records) {
+            problems.push(OptionsError::MaxBatchRecordsOutOfRange {
+                value: self.max_batch_records,
+                max: MAX_BATCH_RECORDS,
+            });
+        }
+        if !(MIN_BATCH_BYTES..=MAX_BATCH_BODY_BYTES).contains(&self.max_batch_bytes) {
+            problems.push(OptionsError::MaxBatchBytesOutOfRange {
+                value: self.max_batch_bytes,
+                min: MIN_BATCH_BYTES,
+                max: MAX_BATCH_BODY_BYTES,
+            });
+        }
+        let full_batch_in_segment =
+            (SEGMENT_HEADER_BYTES + frame::BATCH_HEADER_BYTES) as u64 + self.max_batch_bytes as u64;
+        if full_batch_in_segment > segment {
+            problems.push(OptionsError::BatchDoesNotFitSegment {
+                max_batch_bytes: self.max_batch_bytes,
+                segment_size_bytes: segment,
+            });
+        }
+        if !(1..=MAX_QUEUE_RECORDS).contains(&self.max_queue_records) {
+            problems.push(OptionsError::MaxQueueRecordsOutOfRange {
+                value: self.max_queue_records,
+                max: MAX_QUEUE_RECORDS,
+            });
+        }
+        if self.batch_window > MAX_BATCH_WINDOW {
+            problems.push(OptionsError::BatchWindowTooLong {
+                value: self.batch_window,
+                max: MAX_BATCH_WINDOW,
+            });
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+}
+
+/// An open write-ahead log. Dropping it behaves like [`Wal::shutdown`].
+pub struct Wal {
+    shared: Arc<Shared>,
+    committer: parking_lot::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for Wal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wal")
+            .field("durable_seq", &self.durable_seq())
+            .field("next_seq", &self.next_seq())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Scans and validates all segments, calls `on_record` for every durable record in seq order,
+/// erases a torn tail (zeroed and synced, with a `warn!` naming the file, offset and size),
+/// then starts the committer thread.
+///
+/// `on_record` is called only after the whole log validated, so a `Corrupt` error never comes
+/// after records were delivered. If `on_record` fails, no file has been modified.
+pub fn open<E>(
+    opts: WalOptions,
+    mut on_record: impl FnMut(RecordRef<'_>) -> Result<(), E>,
+) -> Result<(Wal, ReplayReport), OpenError<E>> {
+    opts.validate().map_err(OpenError::BadOptions)?;
+    let dir = WalDir::open_exclusive(&opts.dir)?;
+    let listing = dir.list()?;
+    if !listing.stale_temp_files.is_empty() {
+        tracing::warn!(
+            files = ?listing.stale_temp_files,
+            "removing segment files whose creation was interrupted"
+        );
+        dir.remove_stale_temp_files(&listing.stale_temp_files)?;
+    }
+    let plan = replay::validate(&dir, &listing)?;
+    replay::deliver(&plan, &mut on_record)?;
+    let report = plan.report(&dir);
+    let (segment, segment_index) = match plan.segments.last() {
+        Some(last) => {
+            let mut segment =
+                WritableSegment::open_existing(&last.path, last.header.segment_size_bytes)?;
+            if let Some(torn) = last.torn_tail {
+                segment.zero_and_sync(torn.start_bytes, torn.end_bytes)?;
+                tracing::warn!(
+                    segment = %last.path.display(),
+                    offset_bytes = torn.start_bytes,
+                    truncated_bytes = torn.end_bytes - torn.start_bytes,
+                    "WAL torn tail erased: {} bytes at {} offset {} (an unsynced batch from a crash)",
+                    torn.end_bytes - torn.start_bytes,
+                    last.path.display(),
+                    torn.start_bytes,
+                );
+            }
+            (segment, last.index)
+        }
+        None => (
+            dir.create_segment(FIRST_SEGMENT_INDEX, FIRST_SEQ, opts.segment_size_bytes)?,
+            FIRST_SEGMENT_INDEX,
+        ),
+    };
+    let shared = Arc::new(Shared::new(report.last_seq, opts.max_queue_records));
+    let dir_path = dir.path().to_path_buf();
+    let committer = Committer {
+        shared: Arc::clone(&shared),
+        dir,
+        segment,
+        segment_index,
+        write_offset_bytes: report.tail_offset_bytes as usize,
+        limits: BatchLimits {
+            max_batch_records: opts.max_batch_records,
+            max_batch_bytes: opts.max_batch_bytes,
+            batch_window: opts.batch_window,
+            segment_size_bytes: opts.segment_size_bytes,
+        },
+        observer: opts.observer,
+    };
+    let handle = committer.spawn().map_err(|source| StorageError {
+        operation: "spawn the wal-committer thread for",
+        path: dir_path,
+        source,
+    })?;
+    tracing::info!(
+        records = report.records,
+        segments = report.segments,
+        last_seq = report.last_seq,
+        tail_segment = %report.tail_segment.display(),
+        tail_offset_bytes = report.tail_offset_bytes,
+        "WAL opened"
+    );
+    Ok((
+        Wal {
+            shared,
+            committer: parking_lot::Mutex::new(Some(handle)),
+        },
+        report,
+    ))
+}
+
+/// Read-only scan for operator tools: the same validation and callback as [`open`], but it
+/// never creates, modifies or removes anything. A torn tail is reported in
+/// `truncated_tail_bytes` (what `open` would erase). Fails with `Locked` while a `Wal` has the
+/// directory open, and with `Io` if the directory does not exist.
+pub fn scan<E>(
+    dir: &Path,
+    mut on_record: impl FnMut(RecordRef<'_>) -> Result<(), E>,
+) -> Result<ReplayReport, OpenError<E>> {
+    let dir = WalDir::open_shared(dir)?;
+    let listing = dir.list()?;
+    let plan = replay::validate(&dir, &listing)?;
+    replay::deliver(&plan, &mut on_record)?;
+    Ok(plan.report(&dir))
+}
+
+impl Wal {
+    /// Queues one record. Never does I/O and never waits for a sync; it only takes a short
+    /// internal lock, so callers may hold their own (shard) locks while calling it. Seqs are
+    /// assigned in call order, contiguous from `last_seq + 1`, and records are written in
+    /// exactly seq order. `on_durable` fires after the record's batch is synced.
+    ///
+    /// A refused record (`QueueFull`, `TooLarge`, `InvalidKind`, `ShuttingDown`) gets no seq
+    /// and is never written; its completion is dropped unfired.
+    pub fn append(
+        &self,
+        kind: u8,
+        payload: Vec<u8>,
+        on_durable: Completion,
+    ) -> Result<u64, AppendError> {
+        self.shared.append(kind, payload, on_durable)
+    }
+
+    /// Fires once every record appended before this call is durable (immediately, if it
+    /// already is). Used when an answer depends on state whose record may not be synced yet.
+    pub fn barrier(&self, on_durable: Completion) -> Result<(), AppendError> {
+        self.shared.barrier(on_durable)
+    }
+
+    /// Highest seq known to be synced.
+    pub fn durable_seq(&self) -> u64 {
+        self.shared.durable_seq()
+    }
+
+    /// Seq the next appended record will get.
+    pub fn next_seq(&self) -> u64 {
+        self.shared.next_seq()
+    }
+
+    /// Drains the queue (every accepted record is written and synced, every completion fired),
+    /// then stops and joins the committer thread and releases the directory lock.
+    /// Appends after this fail with `ShuttingDown`. Idempotent.
+    pub fn shutdown(&self) {
+        self.stop();
+    }
+
+    fn stop(&self) {
+        let handle = self.committer.lock().take();
+        if let Some(handle) = handle {
+            self.shared.request_shutdown();
+            if handle.join().is_err() {
+                // Unreachable in practice: a committer panic exits the process (PanicGuard).
+                tracing::error!("the WAL committer thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,389 @@
+//! Replay: scan and validate every segment, tell a torn tail from corruption, deliver records.
+//!
+//! Replay runs in two passes over the same walker. Pass 1 validates the whole log and delivers
+//! nothing; pass 2 delivers records up to the end that pass 1 validated. So the caller's
+//! callback never sees a record from a log that will turn out to be corrupt, and a failing
+//! callback leaves the files untouched (the torn tail is erased only after both passes).
+//!
+//! # The crash-safety contract
+//!
+//! The writer guarantees three things, and every rule below follows from them:
+//! - (W1) batches are appended back to back, in seq order, starting right after the segment
+//!   header, and a batch is written only after the previous batch's sync returned. So at any
+//!   moment at most ONE batch — the last one — may be partly on disk;
+//! - (W2) a batch is never split across segments, and a new segment is created only after the
+//!   previous one is fully synced. So only the LAST segment can hold a partial batch;
+//! - (W3) segment files are preallocated with zeros and never reused. So every byte after the
+//!   last batch ever written is zero unless that write was torn.
+//!
+//! Rules, applied to each segment in index order:
+//! 1. Segment indices start at 1 and have no gaps; a missing file is `Corrupt`, because records
+//!    between the neighbours' seqs would be silently lost.
+//! 2. The segment header must be valid, name the same index as the file, match the file length,
+//!    and its first seq must continue the previous segment's last seq (the log starts at
+//!    seq 1). Headers are written and synced before the file gets its `.wal` name, so a bad
+//!    header is never the result of a crash.
+//! 3. Batches are read from the end of the header. A batch whose checksum is valid was written
+//!    whole (a torn write cannot produce a matching CRC32C), so if its records fail validation,
+//!    or its first seq does not continue the previous batch, that is `Corrupt`, never a tail.
+//! 4. At the first offset P where no checksum-valid batch starts:
+//!    a. if every byte from P to the end of the segment is zero, the segment ends cleanly (W3);
+//!    b. otherwise, if the segment is not the last one, it is `Corrupt`: by W2 a sealed segment
+//!    was fully synced and cannot hold a torn batch;
+//!    c. otherwise, if a checksum-valid batch starts at any 8-aligned offset after P, it is
+//!    `Corrupt`: by W1 only the last batch can be torn, so a valid batch after a damaged one
+//!    means a batch that had been synced (and acknowledged) was damaged;
+//!    d. otherwise the bytes from P on are the torn remains of the one unsynced batch (W1):
+//!    their records were never acknowledged, so erasing them loses nothing that was
+//!    promised. `open` zeroes P up to the last non-zero byte, syncs, logs a warning, and
+//!    appends from P; `scan` only reports it.
+//!
+//! Rule 4c can in theory refuse a log whose torn batch carried, inside a payload, the bytes of
+//! a complete valid batch. That errs on the side of refusing to start, which is the safe side
+//! for public money: an operator decides, nothing is erased.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+
+use crate::wal::error::{CorruptReason, OpenError};
+use crate::wal::frame::{
+    self, BATCH_HEADER_BYTES, FRAME_ALIGNMENT_BYTES, FrameError, RecordRef, SEGMENT_HEADER_BYTES,
+    SegmentHeader,
+};
+use crate::wal::segment::{DirListing, ReadOnlySegment, WalDir};
+use crate::wal::{FIRST_SEGMENT_INDEX, FIRST_SEQ, MAX_SEGMENT_FILES};
+
+/// Chunk size for the all-zero test (large enough to vectorise, small enough to stop early).
+const ZERO_SCAN_CHUNK_BYTES: usize = 4096;
+
+/// What a replay found. Returned by `open` and `scan`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Records replayed (delivered to the callback).
+    pub records: u64,
+    /// Segment files found and replayed (0 for a fresh log).
+    pub segments: u32,
+    /// Seq of the last durable record, 0 if the log is empty.
+    pub last_seq: u64,
+    /// Bytes of a torn tail: erased by `open`, only reported by `scan`.
+    pub truncated_tail_bytes: u64,
+    /// Segment the next batch goes into.
+    pub tail_segment: PathBuf,
+    /// Offset in `tail_segment` where the next batch goes.
+    pub tail_offset_bytes: u64,
+}
+
+/// A torn tail found by rule 4d: bytes `[start_bytes, end_bytes)` of the last segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TornTail {
+    pub start_bytes: usize,
+    pub end_bytes: usize,
+}
+
+/// Pass-1 result for one segment.
+#[derive(Debug, Clone)]
+pub struct SegmentSummary {
+    pub index: u64,
+    pub path: PathBuf,
+    pub header: SegmentHeader,
+    /// End of the last valid batch: where the next batch would go.
+    pub valid_end_bytes: usize,
+    pub records: u64,
+    pub torn_tail: Option<TornTail>,
+}
+
+/// Pass-1 result for the whole log.
+#[derive(Debug, Clone)]
+pub struct ReplayPlan {
+    pub segments: Vec<SegmentSummary>,
+    /// Seq the next record gets.
+    pub next_seq: u64,
+}
+
+impl ReplayPlan {
+    /// The report for this plan; with no segments yet, the tail is segment 1 after its header.
+    pub fn report(&self, dir: &WalDir) -> ReplayReport {
+        let last = self.segments.last();
+        ReplayReport {
+            records: self.segments.iter().map(|s| s.records).sum(),
+            segments: u32::try_from(self.segments.len()).unwrap_or(u32::MAX),
+            last_seq: self.next_seq - 1,
+            truncated_tail_bytes: last
+                .and_then(|s| s.torn_tail)
+                .map_or(0, |t| (t.end_bytes - t.start_bytes) as u64),
+            tail_segment: last
+                .map_or_else(|| dir.segment_path(FIRST_SEGMENT_INDEX), |s| s.path.clone()),
+            tail_offset_bytes: last
+                .map_or(SEGMENT_HEADER_BYTES as u64, |s| s.valid_end_bytes as u64),
+        }
+    }
+}
+
+/// How a segment's sequence of batches ended.
+enum SegmentEnd {
+    Clean,
+    Torn(TornTail),
+}
+
+struct Walk {
+    valid_end_bytes: usize,
+    records: u64,
+    next_seq: u64,
+    end: SegmentEnd,
+}
+
+enum WalkError<E> {
+    Corrupt {
+        offset_bytes: usize,
+        reason: CorruptReason,
+    },
+    Callback(E),
+}
+
+fn corrupt<E>(path: &std::path::Path, offset_bytes: u64, reason: CorruptReason) -> OpenError<E> {
+    OpenError::Corrupt {
+        segment: path.to_path_buf(),
+        offset_bytes,
+        reason,
+    }
+}
+
+fn lift<E>(path: &std::path::Path, error: WalkError<E>) -> OpenError<E> {
+    match error {
+        WalkError::Corrupt {
+            offset_bytes,
+            reason,
+        } => corrupt(path, offset_bytes as u64, reason),
+        WalkError::Callback(error) => OpenError::Callback(error),
+    }
+}
+
+fn is_all_zero(bytes: &[u8]) -> bool {
+    bytes
+        .chunks(ZERO_SCAN_CHUNK_BYTES)
+        .all(|chunk| chunk.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
+/// Offset just past the last non-zero byte of `bytes` (0 if all zero).
+fn nonzero_end(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
+}
+
+/// First 8-aligned offset after `start` where a checksum-valid batch begins (rule 4c).
+fn find_valid_batch_after(bytes: &[u8], start: usize) -> Option<usize> {
+    let mut offset = start.checked_add(FRAME_ALIGNMENT_BYTES)?;
+    while offset.checked_add(BATCH_HEADER_BYTES)? <= bytes.len() {
+        if frame::check_batch_envelope(bytes.get(offset..)?).is_ok() {
+            return Some(offset);
+        }
+        offset += FRAME_ALIGNMENT_BYTES;
+    }
+    None
+}
+
+/// Rule 4: classifies the bytes from `position` (where no valid batch starts) to the end.
+fn classify_end<E>(
+    bytes: &[u8],
+    position: usize,
+    damage: FrameError,
+    is_last_segment: bool,
+) -> Result<SegmentEnd, WalkError<E>> {
+    let rest = bytes.get(position..).unwrap_or_default();
+    if is_all_zero(rest) {
+        return Ok(SegmentEnd::Clean);
+    }
+    if !is_last_segment {
+        return Err(WalkError::Corrupt {
+            offset_bytes: position,
+            reason: CorruptReason::DamagedSealedSegment(damage),
+        });
+    }
+    if let Some(valid) = find_valid_batch_after(bytes, position) {
+        return Err(WalkError::Corrupt {
+            offset_bytes: position,
+            reason: CorruptReason::ValidBatchAfterDamage {
+                damage,
+                valid_batch_offset_bytes: valid as u64,
+            },
+        });
+    }
+    Ok(SegmentEnd::Torn(TornTail {
+        start_bytes: position,
+        end_bytes: position + nonzero_end(rest),
+    }))
+}
+
+/// Walks the batches of one segment (rules 3 and 4), calling `visit` for every record.
+fn walk_segment<E>(
+    bytes: &[u8],
+    first_seq: u64,
+    is_last_segment: bool,
+    visit: &mut impl FnMut(RecordRef<'_>) -> Result<(), E>,
+) -> Result<Walk, WalkError<E>> {
+    let mut position = SEGMENT_HEADER_BYTES;
+    let mut next_seq = first_seq;
+    let mut records = 0u64;
+    loop {
+        let rest = bytes.get(position..).unwrap_or_default();
+        if rest.is_empty() {
+            return Ok(Walk {
+                valid_end_bytes: position,
+                records,
+                next_seq,
+                end: SegmentEnd::Clean,
+            });
+        }
+        let envelope = match frame::check_batch_envelope(rest) {
+            Ok(envelope) => envelope,
+            Err(damage) => {
+                let end = classify_end(bytes, position, damage, is_last_segment)?;
+                return Ok(Walk {
+                    valid_end_bytes: position,
+                    records,
+                    next_seq,
+                    end,
+                });
+            }
+        };
+        let corrupt_here = |reason| WalkError::Corrupt {
+            offset_bytes: position,
+            reason,
+        };
+        let batch = envelope
+            .validate_records()
+            .map_err(|e| corrupt_here(CorruptReason::RecordsUnderValidChecksum(e)))?;
+        if batch.first_seq() != next_seq {
+            return Err(corrupt_here(CorruptReason::BatchSeqGap {
+                expected: next_seq,
+                found: batch.first_seq(),
+            }));
+        }
+        for record in batch.records() {
+            let record =
+                record.map_err(|e| corrupt_here(CorruptReason::RecordsUnderValidChecksum(e)))?;
+            visit(record).map_err(WalkError::Callback)?;
+        }
+        // Cannot overflow: check_batch_envelope rejected first_seq + count > u64::MAX.
+        next_seq = batch.first_seq() + batch.record_count() as u64;
+        records += batch.record_count() as u64;
+        position += batch.encoded_bytes();
+    }
+}
+
+/// Pass 1: validates every segment (rules 1–4) without delivering anything or modifying files.
+pub fn validate<E>(dir: &WalDir, listing: &DirListing) -> Result<ReplayPlan, OpenError<E>> {
+    if listing.segments.len() > MAX_SEGMENT_FILES {
+        return Err(OpenError::TooManySegments {
+            dir: dir.path().to_path_buf(),
+            found: listing.segments.len(),
+            limit: MAX_SEGMENT_FILES,
+        });
+    }
+    let mut plan = ReplayPlan {
+        segments: Vec::with_capacity(listing.segments.len()),
+        next_seq: FIRST_SEQ,
+    };
+    let indexed = (FIRST_SEGMENT_INDEX..).zip(listing.segments.iter().enumerate());
+    for (expected_index, (position, (index, path))) in indexed {
+        // Rule 1.
+        if *index != expected_index {
+            return Err(corrupt(
+                &dir.segment_path(expected_index),
+                0,
+                CorruptReason::MissingSegment {
+                    next_present_index: *index,
+                },
+            ));
+        }
+        let is_last_segment = position + 1 == listing.segments.len();
+        let segment = ReadOnlySegment::open(path)?;
+        let bytes = segment.bytes();
+        // Rule 2.
+        let header = frame::decode_segment_header(bytes).map_err(|e| corrupt(path, 0, e.into()))?;
+        if header.segment_index != *index {
+            return Err(corrupt(
+                path,
+                0,
+                CorruptReason::IndexMismatch {
+                    name_index: *index,
+                    header_index: header.segment_index,
+                },
+            ));
+        }
+        if header.segment_size_bytes != bytes.len() as u64 {
+            return Err(corrupt(
+                path,
+                0,
+                CorruptReason::LengthMismatch {
+                    file_bytes: bytes.len() as u64,
+                    header_bytes: header.segment_size_bytes,
+                },
+            ));
+        }
+        if header.first_seq != plan.next_seq {
+            return Err(corrupt(
+                path,
+                0,
+                CorruptReason::SegmentSeqGap {
+                    expected: plan.next_seq,
+                    found: header.first_seq,
+                },
+            ));
+        }
+        // Rules 3 and 4.
+        let walk = walk_segment(bytes, header.first_seq, is_last_segment, &mut |_| {
+            Ok::<(), Infallible>(())
+        })
+        .map_err(|e| match e {
+            WalkError::Corrupt {
+                offset_bytes,
+                reason,
+            } => corrupt(path, offset_bytes as u64, reason),
+            WalkError::Callback(never) => match never {},
+        })?;
+        plan.next_seq = walk.next_seq;
+        plan.segments.push(SegmentSummary {
+            index: *index,
+            path: path.clone(),
+            header,
+            valid_end_bytes: walk.valid_end_bytes,
+            records: walk.records,
+            torn_tail: match walk.end {
+                SegmentEnd::Clean => None,
+                SegmentEnd::Torn(tail) => Some(tail),
+            },
+        });
+    }
+    Ok(plan)
+}
+
+/// Pass 2: delivers every record of a validated plan, in seq order.
+pub fn deliver<E>(
+    plan: &ReplayPlan,
+    on_record: &mut impl FnMut(RecordRef<'_>) -> Result<(), E>,
+) -> Result<(), OpenError<E>> {
+    for summary in &plan.segments {
+        let segment = ReadOnlySegment::open(&summary.path)?;
+        let changed = |replayed_records| {
+            corrupt(
+                &summary.path,
+                0,
+                CorruptReason::ChangedDuringReplay {
+                    validated_records: summary.records,
+                    replayed_records,
+                },
+            )
+        };
+        let Some(bytes) = segment.bytes().get(..summary.valid_end_bytes) else {
+            return Err(changed(0));
+        };
+        // The slice ends exactly after the last valid batch, so this walk ends cleanly there;
+        // counting again is the second half of a paired check against pass 1.
+        let walk = walk_segment(bytes, summary.header.first_seq, true, on_record)
+            .map_err(|e| lift(&summary.path, e))?;
+        if walk.records != summary.records || walk.valid_end_bytes != summary.valid_end_bytes {
+            return Err(changed(walk.records));
+        }
+    }
+    Ok(())
+}
