@@ -1,0 +1,170 @@
+//! Configuration: bad files exit 64 naming the key; the demo config runs on a
+//! fresh checkout and its printed curl command claims a voucher; the demo's
+//! approximate county seats lie inside their own counties.
+
+mod support;
+
+use std::path::Path;
+
+use support::*;
+use voucherd::geo::{PolygonIndex, parse_feature_collection};
+
+fn refused(dir: &Path, text: &str) -> String {
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, text).expect("write config");
+    let (code, stderr) = run_expecting_exit(&path);
+    assert_eq!(code, Some(64), "a bad config exits 64; stderr:\n{stderr}");
+    assert!(
+        stderr.contains("bad.toml"),
+        "errors name the file:\n{stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn bad_configs_exit_64_naming_every_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = TestConfig::default().to_toml(&dir.path().join("data"));
+
+    let stderr = refused(dir.path(), &format!("{good}\n[surprise]\nkey = 1\n"));
+    assert!(stderr.contains("surprise"), "{stderr}");
+
+    let broken = good
+        .replace("max_connections = 1000", "max_connections = 0")
+        .replace(
+            "public_listen = \"127.0.0.1:0\"",
+            "public_listen = \"localhost-ish\"",
+        )
+        + r#"
+[[tranches]]
+id = "t1"
+campaign_id = "nope"
+opens_at = "now+1h"
+closes_at = "now"
+expires_at = "tomorrow"
+face_value_fen = 0
+quotas = { "420502" = 10, "999999" = 5 }
+"#;
+    let stderr = refused(dir.path(), &broken);
+    for key in [
+        "server.max_connections",
+        "server.public_listen",
+        "tranches[0].campaign_id",
+        "tranches[0].expires_at",
+        "tranches[0].quotas.999999",
+    ] {
+        assert!(stderr.contains(key), "missing {key} in:\n{stderr}");
+    }
+
+    let ordering = good.clone()
+        + r#"
+[[tranches]]
+id = "t1"
+campaign_id = "c1"
+opens_at = "now+1h"
+closes_at = "now"
+expires_at = "now"
+face_value_fen = 2000
+threshold_fen = 100
+quotas = { "420502" = 10 }
+"#;
+    let stderr = refused(dir.path(), &ordering);
+    for key in ["tranches[0].closes_at", "tranches[0].threshold_fen"] {
+        assert!(stderr.contains(key), "missing {key} in:\n{stderr}");
+    }
+
+    let stderr = refused(
+        dir.path(),
+        &good.replace("VOUCHERD_TEST_ADMIN_TOKEN", "VOUCHERD_UNSET_VARIABLE"),
+    );
+    assert!(
+        stderr.contains("admin.token_env") && stderr.contains("VOUCHERD_UNSET_VARIABLE"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(ADMIN_TOKEN), "the token is never printed");
+
+    let stderr = refused(
+        dir.path(),
+        &good.replace(
+            &geojson_path().display().to_string(),
+            "/nonexistent/regions.geojson",
+        ),
+    );
+    assert!(stderr.contains("regions.geojson_path"), "{stderr}");
+}
+
+/// The demo, copied to a fresh directory with its tranche opening at once and
+/// ports chosen by the kernel: the curl command it prints must claim a voucher.
+#[test]
+fn demo_config_runs_and_its_curl_command_claims() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let examples = dir.path().join("examples");
+    std::fs::create_dir_all(&examples).expect("mkdir");
+    let demo = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/yichang-demo.toml"),
+    )
+    .expect("read demo");
+    assert!(
+        demo.contains("opens_at = \"now+5s\""),
+        "the demo opens a few seconds after start"
+    );
+    let copy = demo
+        .replace("opens_at = \"now+5s\"", "opens_at = \"now\"")
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:8081", "127.0.0.1:0");
+    let path = examples.join("yichang-demo.toml");
+    std::fs::write(&path, copy).expect("write demo copy");
+    let mut daemon = start_with_config_file(dir.path(), &path);
+    let _ = daemon.wait_for_line("try it");
+    let curl = daemon.wait_for_line("  curl -s -X POST");
+    let body = curl
+        .split("-d '")
+        .nth(1)
+        .and_then(|b| b.strip_suffix('\''))
+        .expect("a -d body");
+    let url = curl
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("a URL");
+    assert!(
+        url.contains(&daemon.public.to_string()) && url.ends_with("/v1/claims"),
+        "{url}"
+    );
+    let body: serde_json::Value = serde_json::from_str(body).expect("the printed body is JSON");
+    let reply = daemon.client().claim(&body);
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert!(
+        dir.path().join("target/voucherd-demo/admin.token").exists(),
+        "the admin token file is created"
+    );
+}
+
+/// The demo's rounded seats must fall inside their own counties on the real map.
+#[test]
+fn demo_seats_lie_in_their_own_counties() {
+    let demo: toml::Value = toml::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/yichang-demo.toml"),
+        )
+        .expect("read"),
+    )
+    .expect("demo is TOML");
+    let shapes = parse_feature_collection(&std::fs::read(geojson_path()).expect("boundaries"))
+        .expect("parse");
+    let index = PolygonIndex::build(&shapes).expect("index");
+    let counties = demo["counties"].as_array().expect("counties");
+    assert_eq!(counties.len(), 13);
+    for county in counties {
+        let code = county["adcode"].as_integer().expect("adcode") as u32;
+        let seat = county["seat"].as_array().expect("seat");
+        let (lng, lat) = (
+            seat[0].as_float().expect("lng"),
+            seat[1].as_float().expect("lat"),
+        );
+        assert_eq!(
+            index.locate(lng, lat),
+            Some(code),
+            "seat of {code} at {lng},{lat}"
+        );
+    }
+}

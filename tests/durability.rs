@@ -1,0 +1,266 @@
+//! Durability through the real binary: kill -9 and replay, a torn WAL tail,
+//! corruption before the tail, and an orderly SIGTERM.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{Seek, SeekFrom, Write};
+
+use serde_json::json;
+use support::*;
+use voucherd::wal;
+
+#[derive(Clone, Debug)]
+struct Acked {
+    user: String,
+    request: String,
+    id: String,
+    county: String,
+    lng: f64,
+    lat: f64,
+}
+
+/// Claims `count` vouchers from 8 connections at once; returns what was acknowledged.
+fn claim_concurrently(daemon: &Daemon, tranche: &str, prefix: &str, count: usize) -> Vec<Acked> {
+    let points = county_points();
+    let addr = daemon.public;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let points = points.clone();
+                scope.spawn(move || {
+                    let mut client = Client::new(addr);
+                    let mut out = Vec::new();
+                    for i in (t..count).step_by(8) {
+                        let (_, lng, lat) = points[i % 3];
+                        let user = format!("{prefix}-user-{i}");
+                        let request = format!("{prefix}-req-{i}");
+                        let reply = client.claim(&claim_body(tranche, &user, &request, lng, lat));
+                        if reply.status == 201 {
+                            let v = reply.json()["voucher"].clone();
+                            out.push(Acked {
+                                user,
+                                request,
+                                id: v["id"].as_str().expect("id").to_owned(),
+                                county: v["county"].as_str().expect("county").to_owned(),
+                                lng,
+                                lat,
+                            });
+                        } else {
+                            assert_eq!(reply.status, 410, "{}", reply.text());
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("client"))
+            .collect()
+    })
+}
+
+fn remaining(daemon: &Daemon, tranche: &str) -> HashMap<String, u64> {
+    let view = daemon
+        .client()
+        .get(&format!("/v1/tranches/{tranche}"))
+        .json();
+    view["counties"]
+        .as_array()
+        .expect("counties")
+        .iter()
+        .map(|c| {
+            (
+                c["county"].as_str().expect("county").to_owned(),
+                c["remaining"].as_u64().expect("remaining"),
+            )
+        })
+        .collect()
+}
+
+/// Every acknowledged voucher is there, bound to the same county and identity.
+fn check_all_present(daemon: &Daemon, tranche: &str, acked: &[Acked]) {
+    let mut c = daemon.client();
+    for a in acked {
+        let got = c.get(&format!("/v1/vouchers/{}", a.id));
+        assert_eq!(got.status, 200, "voucher {} lost: {}", a.id, got.text());
+        assert_eq!(got.json()["voucher"]["county"], a.county.as_str());
+        let replay = c.claim(&claim_body(tranche, &a.user, &a.request, a.lng, a.lat));
+        assert_eq!(replay.status, 200, "{}", replay.text());
+        assert_eq!(replay.json()["voucher"]["id"], a.id.as_str());
+        let dup = c.claim(&claim_body(
+            tranche,
+            &a.user,
+            &format!("{}-again", a.request),
+            a.lng,
+            a.lat,
+        ));
+        assert_eq!(dup.status, 409, "{}", dup.text());
+        assert_eq!(dup.json()["voucher"]["id"], a.id.as_str());
+    }
+}
+
+fn tranche_quotas() -> Vec<(u32, u32)> {
+    county_points()
+        .iter()
+        .take(3)
+        .map(|(c, _, _)| (*c, 60))
+        .collect()
+}
+
+#[test]
+fn kill_9_then_replay_keeps_every_acknowledged_voucher() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = TestConfig::default();
+    let daemon = start(dir.path(), &config);
+    daemon.create_tranche("t1", &open_tranche_body(&tranche_quotas()));
+    let acked = claim_concurrently(&daemon, "t1", "a", 150);
+    assert_eq!(acked.len(), 150);
+    let before = remaining(&daemon, "t1");
+    daemon.kill();
+
+    let daemon = start(dir.path(), &config);
+    assert_eq!(
+        remaining(&daemon, "t1"),
+        before,
+        "remaining stock is unchanged by replay"
+    );
+    check_all_present(&daemon, "t1", &acked);
+    // Claiming goes on from where it stopped, up to the quota and no further.
+    let more = claim_concurrently(&daemon, "t1", "b", 100);
+    assert_eq!(more.len(), 30, "180 vouchers in all, 150 before the crash");
+    let mut ids: Vec<&str> = acked.iter().chain(&more).map(|a| a.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 180, "voucher IDs stay unique across restarts");
+    assert!(remaining(&daemon, "t1").values().all(|r| *r == 0));
+}
+
+#[test]
+fn torn_tail_is_truncated_and_logged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = TestConfig::default();
+    let daemon = start(dir.path(), &config);
+    daemon.create_tranche("t1", &open_tranche_body(&tranche_quotas()));
+    let acked = claim_concurrently(&daemon, "t1", "a", 40);
+    let before = remaining(&daemon, "t1");
+    daemon.kill();
+
+    // A crash during the next, unsynced batch: a batch header and half a body.
+    let wal_dir = dir.path().join("data/wal");
+    let report = wal::scan(&wal_dir, |_| Ok::<(), ()>(())).expect("scan");
+    assert_eq!(report.truncated_tail_bytes, 0);
+    let mut torn = b"VBAT".to_vec();
+    torn.extend((0..700u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 | 1));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&report.tail_segment)
+        .expect("open segment");
+    file.seek(SeekFrom::Start(report.tail_offset_bytes))
+        .expect("seek");
+    file.write_all(&torn).expect("write torn tail");
+    file.sync_all().expect("sync");
+    drop(file);
+    let rescan = wal::scan(&wal_dir, |_| Ok::<(), ()>(())).expect("a torn tail is not corruption");
+    assert!(rescan.truncated_tail_bytes > 0);
+
+    let daemon = start(dir.path(), &config);
+    assert!(
+        daemon.stderr_text().contains("WAL torn tail erased"),
+        "{}",
+        daemon.stderr_text()
+    );
+    assert_eq!(remaining(&daemon, "t1"), before);
+    check_all_present(&daemon, "t1", &acked);
+    let more = claim_concurrently(&daemon, "t1", "b", 20);
+    assert_eq!(more.len(), 20);
+    let status = daemon.terminate();
+    assert!(status.success(), "{status:?}");
+    let after = wal::scan(&wal_dir, |_| Ok::<(), ()>(())).expect("clean after truncation");
+    assert_eq!(after.truncated_tail_bytes, 0);
+    let daemon = start(dir.path(), &config);
+    check_all_present(&daemon, "t1", &more);
+}
+
+#[test]
+fn corruption_before_the_tail_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = TestConfig::default();
+    let daemon = start(dir.path(), &config);
+    daemon.create_tranche("t1", &open_tranche_body(&tranche_quotas()));
+    // One connection, so every claim is its own batch: many batches follow the flipped byte.
+    let mut c = daemon.client();
+    let (_, lng, lat) = county_points()[0];
+    for i in 0..30 {
+        assert_eq!(
+            c.claim(&claim_body(
+                "t1",
+                &format!("u{i}"),
+                &format!("r{i}"),
+                lng,
+                lat
+            ))
+            .status,
+            201
+        );
+    }
+    daemon.kill();
+
+    let wal_dir = dir.path().join("data/wal");
+    let report = wal::scan(&wal_dir, |_| Ok::<(), ()>(())).expect("scan");
+    let offset = report.tail_offset_bytes / 3;
+    let mut bytes = std::fs::read(&report.tail_segment).expect("read segment");
+    bytes[offset as usize] ^= 0x10;
+    std::fs::write(&report.tail_segment, &bytes).expect("write segment");
+
+    let (code, stderr) = run_expecting_exit(&dir.path().join("voucherd.toml"));
+    assert_eq!(code, Some(65), "{stderr}");
+    assert!(stderr.contains("corrupt WAL"), "{stderr}");
+    assert!(stderr.contains("refusing to start"), "{stderr}");
+    assert_eq!(
+        std::fs::read(&report.tail_segment).expect("read"),
+        bytes,
+        "the damaged log is left as it is"
+    );
+}
+
+#[test]
+fn sigterm_drains_and_restarts_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = TestConfig::default();
+    let daemon = start(dir.path(), &config);
+    daemon.create_tranche("t1", &open_tranche_body(&tranche_quotas()));
+    let mut admin = daemon.admin_client();
+    assert_eq!(admin.post_admin("/admin/v1/tranches/t1/pause").status, 200);
+    assert_eq!(admin.post_admin("/admin/v1/tranches/t1/resume").status, 200);
+    assert_eq!(admin.post_admin("/admin/v1/tranches/t1/pause").status, 200);
+    assert_eq!(
+        admin
+            .put_admin("/admin/v1/campaigns/c9", &json!({"name": "九"}))
+            .status,
+        201
+    );
+    let acked = {
+        assert_eq!(admin.post_admin("/admin/v1/tranches/t1/resume").status, 200);
+        let a = claim_concurrently(&daemon, "t1", "a", 30);
+        assert_eq!(admin.post_admin("/admin/v1/tranches/t1/pause").status, 200);
+        a
+    };
+    let status = daemon.terminate();
+    assert!(status.success(), "{status:?}");
+
+    let daemon = start(dir.path(), &config);
+    let view = daemon.client().get("/v1/tranches/t1").json();
+    assert_eq!(view["state"], "paused", "pause survives a restart");
+    assert_eq!(view["remaining"], 180 - 30);
+    let mut admin = daemon.admin_client();
+    assert_eq!(admin.post_admin("/admin/v1/tranches/t1/resume").status, 200);
+    check_all_present(&daemon, "t1", &acked);
+    let r = admin.put_admin("/admin/v1/campaigns/c9", &json!({"name": "九"}));
+    assert_eq!(
+        (r.status, r.json()["outcome"].clone()),
+        (200, json!("unchanged")),
+        "campaign survives a restart"
+    );
+}
