@@ -514,3 +514,97 @@ fn metrics_are_exported_and_pass_promtool() {
         (200, json!("ready"))
     );
 }
+
+/// Seeded mutations of valid bodies: every answer is a typed outcome from the
+/// contract, never a 500, and the daemon keeps serving.
+#[test]
+fn mutated_bodies_never_cause_a_500() {
+    let seed: u64 = std::env::var("VOUCHERD_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0xfeed_5eed);
+    println!("mutation seed {seed}");
+    let (_dir, daemon) = started(&TestConfig::default());
+    daemon.create_tranche("t1", &open_tranche_body(&[(420502, 1000)]));
+    let (lng, lat) = point(420502);
+    let mut claim_base = claim_body("t1", "u", "r", lng, lat);
+    claim_base["identity"] =
+        json!({"id_hash": "ab".repeat(32), "phone_hash": "cd".repeat(32), "device_id": "d"});
+    let claim_base = claim_base.to_string().into_bytes();
+    let tranche_base = open_tranche_body(&[(420502, 5)]).to_string().into_bytes();
+    let inserts: [&[u8]; 10] = [
+        b"\"",
+        b"{",
+        b"}",
+        b"1e999",
+        b"-",
+        b"\\u0000",
+        "\u{4e2d}".as_bytes(),
+        b"null",
+        b",",
+        b"99999999999999999999",
+    ];
+    let mut rng = seed;
+    let mut next = move || {
+        rng = rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut c = daemon.client();
+    let mut a = daemon.admin_client();
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let mut statuses = std::collections::BTreeMap::new();
+    for i in 0..3_000 {
+        let base = if i % 3 == 0 {
+            &tranche_base
+        } else {
+            &claim_base
+        };
+        let mut body = base.clone();
+        for _ in 0..1 + next() % 3 {
+            let at = (next() as usize) % (body.len() + 1);
+            match next() % 4 {
+                0 => body.truncate(at),
+                1 if at < body.len() => body[at] ^= 1 << (next() % 8),
+                2 => {
+                    let ins = inserts[(next() as usize) % inserts.len()];
+                    body.splice(at..at, ins.iter().copied());
+                }
+                _ if at < body.len() => {
+                    body.remove(at);
+                }
+                _ => {}
+            }
+        }
+        let reply = if i % 3 == 0 {
+            a.request(
+                "PUT",
+                &format!("/admin/v1/tranches/m{i}"),
+                &[("authorization", &auth)],
+                Some(&body),
+            )
+        } else {
+            c.request("POST", "/v1/claims", &[], Some(&body))
+        };
+        assert!(
+            reply.status < 500 || reply.status == 503,
+            "{} for {:?}: {}",
+            reply.status,
+            String::from_utf8_lossy(&body),
+            reply.text()
+        );
+        assert!(
+            reply.json()["outcome"].is_string(),
+            "every answer has an outcome"
+        );
+        *statuses.entry(reply.status).or_insert(0u32) += 1;
+    }
+    println!("mutation statuses {statuses:?}");
+    assert!(
+        statuses.len() >= 3,
+        "mutations should reach several outcomes: {statuses:?}"
+    );
+    assert_eq!(c.get("/livez").status, 200);
+}
