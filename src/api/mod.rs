@@ -238,8 +238,12 @@ async fn route_public(
         (&Method::POST, ["v1", "claims"]) => match read_body(app, request).await {
             Ok(body) => claims::handle(app, &body).await,
             Err(reply) => {
-                app.telemetry
-                    .claim_finished(ClaimOutcomeLabel::BodyTooLarge, Duration::ZERO);
+                let label = if reply.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ClaimOutcomeLabel::BodyTooLarge
+                } else {
+                    ClaimOutcomeLabel::InvalidRequest
+                };
+                app.telemetry.claim_finished(label, Duration::ZERO);
                 reply
             }
         },
