@@ -24,14 +24,14 @@ pub const MIN_HASH_HEX_CHARS: usize = 32;
 pub const MAX_HASH_HEX_CHARS: usize = 128;
 
 /// A claim body that passed validation, with hashes normalised to lowercase.
-struct ValidClaim {
-    tranche_id: String,
-    user_id: String,
-    id_hash: Option<String>,
-    phone_hash: Option<String>,
-    device_id: Option<String>,
-    request_id: String,
-    location: Location,
+pub struct ValidClaim {
+    pub tranche_id: String,
+    pub user_id: String,
+    pub id_hash: Option<String>,
+    pub phone_hash: Option<String>,
+    pub device_id: Option<String>,
+    pub request_id: String,
+    pub location: Location,
 }
 
 pub async fn handle(app: &App, body: &[u8]) -> Reply {
@@ -42,7 +42,7 @@ pub async fn handle(app: &App, body: &[u8]) -> Reply {
 }
 
 async fn decide(app: &App, body: &[u8]) -> (Label, Reply) {
-    let claim = match parse_json::<ClaimBody>(body).and_then(validate) {
+    let claim = match parse_claim(body) {
         Ok(c) => c,
         Err(error) => return (Label::InvalidRequest, invalid(error)),
     };
@@ -153,6 +153,11 @@ fn invalid(error: FieldError) -> Reply {
     let mut body = OutcomeBody::outcome("invalid_request");
     body.error = Some(error);
     json(StatusCode::BAD_REQUEST, &body)
+}
+
+/// Parses and validates a claim body. Public for the fuzz target.
+pub fn parse_claim(body: &[u8]) -> Result<ValidClaim, FieldError> {
+    parse_json::<ClaimBody>(body).and_then(validate)
 }
 
 fn validate(body: ClaimBody) -> Result<ValidClaim, FieldError> {

@@ -7,6 +7,7 @@
 
 mod admin;
 mod claims;
+pub use claims::{ValidClaim, parse_claim};
 mod public;
 mod respond;
 pub mod wire;
