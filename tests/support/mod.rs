@@ -441,6 +441,33 @@ impl Client {
         unreachable!()
     }
 
+    /// One attempt, no retry, no panic: `None` if the server is gone or the
+    /// connection broke before a full reply (the torture test's "in flight").
+    pub fn try_request(&mut self, method: &str, path: &str, body: &[u8]) -> Option<Reply> {
+        if self.stream.is_none() {
+            let stream = TcpStream::connect(self.addr).ok()?;
+            stream.set_read_timeout(Some(IO_DEADLINE)).ok()?;
+            stream.set_nodelay(true).ok()?;
+            self.stream = Some(BufReader::new(stream));
+        }
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body);
+        let conn = self.stream.as_mut()?;
+        let reply = conn
+            .get_mut()
+            .write_all(&bytes)
+            .ok()
+            .and_then(|_| read_reply(conn));
+        if reply.is_none() {
+            self.stream = None;
+        }
+        reply
+    }
+
     pub fn post(&mut self, path: &str, body: &Value) -> Reply {
         self.request("POST", path, &[], Some(body.to_string().as_bytes()))
     }
