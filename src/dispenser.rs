@@ -221,7 +221,7 @@ impl Recovered {
                         inconsistent(format!("tranche ordinal {ordinal} skips ahead of {len}"))
                     })?;
                     let mut book = shard.lock();
-                    if book.spec().tranche_id != spec.tranche_id || !book.vouchers().is_empty() {
+                    if book.spec().tranche_id != spec.tranche_id || book.voucher_count() != 0 {
                         return Err(inconsistent(format!(
                             "redefinition of ordinal {ordinal} does not fit"
                         )));
@@ -247,7 +247,7 @@ impl Recovered {
                     .ok_or_else(|| inconsistent(format!("unknown tranche {}", claim.tranche_id)))?;
                 // The core asserts quota, dedupe and ID uniqueness: a CRC-valid
                 // record that breaks them is a bug, and the daemon must crash.
-                shard.lock().replay_claim(&claim, seq);
+                shard.lock().replay_claim(claim, seq);
             }
         }
         Ok(())
@@ -316,20 +316,13 @@ impl Dispenser {
         };
         match book.decide_claim(&command, now) {
             ClaimDecision::Issue { event, digests } => {
-                let event = Event::VoucherClaimed(event);
                 let (tx, rx) = oneshot::channel();
-                let seq =
-                    match self
-                        .wal
-                        .append(journal::kind_of(&event), journal::encode(&event), tx)
-                    {
-                        Ok(seq) => seq,
-                        Err(e) => return ClaimOutcome::Unavailable(e),
-                    };
-                let Event::VoucherClaimed(claim) = &event else {
-                    unreachable!("built above")
+                let payload = journal::encode_claim(&event);
+                let seq = match self.wal.append(journal::KIND_VOUCHER_CLAIMED, payload, tx) {
+                    Ok(seq) => seq,
+                    Err(e) => return ClaimOutcome::Unavailable(e),
                 };
-                let index = book.apply_claim(claim, &digests, seq);
+                let index = book.apply_claim(Arc::new(event), &digests, seq);
                 ClaimOutcome::Claimed(
                     self.voucher_view(&book, book.voucher(index)),
                     Durability::Wait(rx),

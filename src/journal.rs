@@ -82,12 +82,19 @@ pub fn encode(event: &Event) -> Vec<u8> {
             });
             w.i64(at.0);
         }
-        Event::VoucherClaimed(v) => encode_claim(&mut w, v),
+        Event::VoucherClaimed(v) => write_claim(&mut w, v),
     }
     w.0
 }
 
-fn encode_claim(w: &mut Writer, v: &VoucherClaimed) {
+/// The payload of a [`KIND_VOUCHER_CLAIMED`] record, without wrapping the claim in an [`Event`].
+pub fn encode_claim(v: &VoucherClaimed) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(256));
+    write_claim(&mut w, v);
+    w.0
+}
+
+fn write_claim(w: &mut Writer, v: &VoucherClaimed) {
     w.str(&v.tranche_id);
     w.u64(v.voucher_random);
     w.u32(v.county.0);

@@ -12,10 +12,10 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use serde_json::Value;
 use support::*;
 
@@ -86,7 +86,7 @@ fn voucher_of(reply: &Reply) -> (String, String) {
 
 /// Records an answer in the ledger, checking it against what is already known.
 fn record(ledger: &Mutex<Ledger>, claim: &Claim, reply: &Reply) {
-    let mut l = ledger.lock().expect("ledger");
+    let mut l = ledger.lock();
     match reply.status {
         201 | 200 => {
             let (id, county) = voucher_of(reply);
@@ -158,7 +158,7 @@ fn load_and_kill(
                     let holder = splitmix(&mut rng)
                         .is_multiple_of(10)
                         .then(|| {
-                            let l = ledger.lock().expect("ledger");
+                            let l = ledger.lock();
                             let pick = splitmix(&mut rng) as usize % l.vouchers.len().max(1);
                             l.vouchers
                                 .values()
@@ -191,7 +191,7 @@ fn load_and_kill(
                             }
                         }
                         None => {
-                            ledger.lock().expect("ledger").in_flight.push(claim);
+                            ledger.lock().in_flight.push(claim);
                             break;
                         }
                     }
@@ -202,7 +202,7 @@ fn load_and_kill(
         // not a clock), then SIGKILLs with the clients' requests in flight.
         let deadline = Instant::now() + IO_DEADLINE;
         while acked.load(Ordering::Acquire) < kill_after && Instant::now() < deadline {
-            let sold_out = ledger.lock().expect("ledger").sold_out.len();
+            let sold_out = ledger.lock().sold_out.len();
             if sold_out > CLIENTS * 4 {
                 break;
             }
@@ -222,14 +222,14 @@ fn recover_and_check(
     all: bool,
 ) {
     let mut client = daemon.client();
-    let in_flight = std::mem::take(&mut ledger.lock().expect("ledger").in_flight);
+    let in_flight = std::mem::take(&mut ledger.lock().in_flight);
     for claim in in_flight {
         let reply = client
             .try_request("POST", "/v1/claims", &claim.body())
             .expect("restarted daemon answers");
         record(ledger, &claim, &reply);
     }
-    let l = ledger.lock().expect("ledger");
+    let l = ledger.lock();
     // 2. IDs are unique across every identity we know.
     let ids: HashSet<&str> = l.vouchers.values().map(|k| k.voucher_id.as_str()).collect();
     assert_eq!(ids.len(), l.vouchers.len(), "a voucher ID was issued twice");
@@ -338,7 +338,7 @@ fn kill_9_torture() {
     }
     let daemon = start(dir.path(), &config);
     recover_and_check(&daemon, &ledger, &quotas, seed, true);
-    let l = ledger.lock().expect("ledger");
+    let l = ledger.lock();
     println!(
         "torture: cycles {cycles}, claims acknowledged {}, vouchers verified {}, lost 0, duplicates 0, slowest restart {} ms",
         l.acknowledged,

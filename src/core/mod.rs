@@ -14,6 +14,7 @@
 //!    it after the event has been queued on the WAL, and replay calls the very
 //!    same function, so live state and replayed state cannot drift apart.
 
+pub mod append_log;
 pub mod catalog;
 pub mod event;
 pub mod identity;

@@ -8,6 +8,9 @@
 //! - voucher IDs are unique.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::append_log::{AppendLog, SharedLog};
 
 use super::event::{Location, TrancheControl, VoucherClaimed};
 use super::identity::{DigestHasherBuilder, DigestKey, IdentityDigests, IdentityKeys, KeyDigest};
@@ -234,7 +237,7 @@ pub struct TrancheBook {
     spec: TrancheSpec,
     paused: bool,
     counties: Vec<CountyStock>,
-    vouchers: Vec<Voucher>,
+    vouchers: AppendLog<Voucher>,
     voucher_by_random: HashMap<u64, u32, DigestHasherBuilder>,
     holders: HashMap<KeyDigest, u32, DigestHasherBuilder>,
     requests: HashMap<KeyDigest, RequestAnswer, DigestHasherBuilder>,
@@ -254,7 +257,7 @@ impl TrancheBook {
             spec,
             paused: false,
             counties,
-            vouchers: Vec::new(),
+            vouchers: AppendLog::default(),
             voucher_by_random: HashMap::default(),
             holders: HashMap::default(),
             requests: HashMap::default(),
@@ -274,11 +277,20 @@ impl TrancheBook {
     pub fn counties(&self) -> &[CountyStock] {
         &self.counties
     }
-    pub fn vouchers(&self) -> &[Voucher] {
-        &self.vouchers
+    pub fn vouchers(&self) -> impl Iterator<Item = &Voucher> {
+        self.vouchers.iter()
+    }
+    pub fn voucher_count(&self) -> usize {
+        self.vouchers.len()
     }
     pub fn voucher(&self, index: u32) -> &Voucher {
-        &self.vouchers[index as usize]
+        self.vouchers
+            .get(index as usize)
+            .expect("voucher index from this book")
+    }
+    /// A consistent copy of the vouchers for a checkpoint (cheap: see [`AppendLog::share`]).
+    pub fn share_vouchers(&self) -> SharedLog<Voucher> {
+        self.vouchers.share()
     }
 
     pub fn find_voucher(&self, id: VoucherId) -> Option<&Voucher> {
@@ -286,7 +298,7 @@ impl TrancheBook {
             return None;
         }
         let index = *self.voucher_by_random.get(&id.random)?;
-        Some(&self.vouchers[index as usize])
+        self.vouchers.get(index as usize)
     }
 
     pub fn remaining_total(&self) -> u64 {
@@ -364,7 +376,12 @@ impl TrancheBook {
     }
 
     /// Applies a claim decided by [`Self::decide_claim`] in this process.
-    pub fn apply_claim(&mut self, event: &VoucherClaimed, digests: &ClaimDigests, seq: u64) -> u32 {
+    pub fn apply_claim(
+        &mut self,
+        event: Arc<VoucherClaimed>,
+        digests: &ClaimDigests,
+        seq: u64,
+    ) -> u32 {
         assert_eq!(event.tranche_id, self.spec.tranche_id);
         let slot = self
             .county_slot(event.county)
@@ -404,14 +421,14 @@ impl TrancheBook {
             },
             county: event.county,
             claimed_at: event.claimed_at,
-            user_id: event.user_id.as_str().into(),
+            claim: event,
             seq,
         });
         index
     }
 
     /// Applies a claim read back from the WAL.
-    pub fn replay_claim(&mut self, event: &VoucherClaimed, seq: u64) -> u32 {
+    pub fn replay_claim(&mut self, event: VoucherClaimed, seq: u64) -> u32 {
         let identity = self.digest_key.identity_digests(&IdentityKeys {
             user_id: &event.user_id,
             id_hash: event.id_hash.as_deref(),
@@ -419,7 +436,7 @@ impl TrancheBook {
             device_id: event.device_id.as_deref(),
         });
         let request = self.digest_key.request_digest(&event.request_id);
-        self.apply_claim(event, &ClaimDigests { identity, request }, seq)
+        self.apply_claim(Arc::new(event), &ClaimDigests { identity, request }, seq)
     }
 
     pub fn decide_control(&self, control: TrancheControl, now: UnixMillis) -> ControlDecision {
@@ -483,7 +500,7 @@ impl TrancheBook {
     /// Re-checks every invariant from scratch. Used by tests and after replay.
     pub fn check_invariants(&self) {
         let mut per_county: HashMap<CountyCode, u32> = HashMap::new();
-        for voucher in &self.vouchers {
+        for voucher in self.vouchers.iter() {
             *per_county.entry(voucher.county).or_default() += 1;
         }
         for stock in &self.counties {

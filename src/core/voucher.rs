@@ -6,6 +6,9 @@
 //! lookup go straight to the right tranche without a global index. Uniqueness
 //! inside a tranche is checked against the tranche's own voucher map.
 
+use std::sync::Arc;
+
+use super::event::VoucherClaimed;
 use super::time::UnixMillis;
 use super::tranche::CountyCode;
 
@@ -61,12 +64,14 @@ impl VoucherId {
 }
 
 /// One issued voucher, as held in memory by its tranche.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Voucher {
     pub id: VoucherId,
     pub county: CountyCode,
     pub claimed_at: UnixMillis,
-    pub user_id: Box<str>,
+    /// The event that issued it: identity keys, request, location. Shared, so
+    /// a checkpoint can copy vouchers without copying strings.
+    pub claim: Arc<VoucherClaimed>,
     /// WAL sequence number of the record that issued it. An answer that shows
     /// this voucher waits until the WAL is durable up to here.
     pub seq: u64,

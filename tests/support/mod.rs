@@ -7,8 +7,10 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -232,7 +234,7 @@ fn capture(
             if let Some(tx) = &tx {
                 let _ = tx.send(line.clone());
             }
-            sink.lock().expect("lines").push(line);
+            sink.lock().push(line);
         }
     });
     lines
@@ -250,7 +252,7 @@ impl Daemon {
                     let status = self.child.try_wait().ok().flatten();
                     panic!(
                         "no line starting with {prefix:?} (exit status {status:?}); stderr:\n{}",
-                        self.stderr.lock().expect("stderr").join("\n")
+                        self.stderr.lock().join("\n")
                     );
                 }
             }
@@ -288,11 +290,11 @@ impl Daemon {
     }
 
     pub fn stderr_text(&self) -> String {
-        self.stderr.lock().expect("stderr").join("\n")
+        self.stderr.lock().join("\n")
     }
 
     pub fn stdout_text(&self) -> String {
-        self.stdout.lock().expect("stdout").join("\n")
+        self.stdout.lock().join("\n")
     }
 
     /// Creates a tranche through the admin API; panics unless it was created.
