@@ -4,9 +4,9 @@
 //! This is the outermost edge: the clock, signals, stdout and exit codes live here.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -16,6 +16,7 @@ use crate::config::{self, Config, RegionSource};
 use crate::core::{DigestKey, TrancheSpec, UnixMillis};
 use crate::dispenser::{CountyDirectory, Defined, Dispenser, Recovered};
 use crate::geo::{self, RegionIndex};
+use crate::snapshot;
 use crate::telemetry::{Telemetry, WalTelemetry};
 use crate::wal::{self, WalOptions};
 use crate::wire_time::format_beijing;
@@ -117,9 +118,9 @@ async fn run(config: Config, regions: RegionIndex) -> i32 {
     ];
 
     let recover_config = config.clone();
-    let dispenser =
+    let (dispenser, covered_seq) =
         match tokio::task::spawn_blocking(move || recover(&recover_config, regions)).await {
-            Ok(Ok(d)) => Arc::new(d),
+            Ok(Ok((d, covered_seq))) => (Arc::new(d), covered_seq),
             Ok(Err(code)) => return code,
             Err(e) => {
                 tracing::error!(error = %e, "recovery task failed");
@@ -133,6 +134,16 @@ async fn run(config: Config, regions: RegionIndex) -> i32 {
     ));
     print_try_it(&config, &public_addr);
 
+    let snapshots = snapshot::directory(&config.storage.data_dir);
+    let checkpointer = tokio::spawn(checkpoints(
+        dispenser.clone(),
+        snapshots.clone(),
+        config.storage.checkpoint_every_records,
+        config.storage.checkpoint_check_interval,
+        covered_seq,
+        shutdown_tx.subscribe(),
+    ));
+
     wait_for_signal().await;
     tracing::info!("draining: refusing new claims, finishing in-flight ones");
     app.start_draining();
@@ -140,9 +151,79 @@ async fn run(config: Config, regions: RegionIndex) -> i32 {
     for server in servers {
         let _ = server.await;
     }
+    let last_covered = checkpointer.await.unwrap_or(covered_seq);
+    if dispenser.wal().durable_seq() > last_covered {
+        let final_dispenser = dispenser.clone();
+        let _ = tokio::task::spawn_blocking(move || write_checkpoint(&final_dispenser, &snapshots))
+            .await;
+    }
     dispenser.wal().shutdown();
     tracing::info!("stopped cleanly");
     EXIT_OK
+}
+
+/// Writes a snapshot whenever `every_records` WAL records have followed the
+/// last one. Returns the sequence number the newest snapshot covers.
+async fn checkpoints(
+    dispenser: Arc<Dispenser>,
+    dir: PathBuf,
+    every_records: u64,
+    check_interval: Duration,
+    mut covered_seq: u64,
+    mut shutdown: watch::Receiver<bool>,
+) -> u64 {
+    let mut tick = tokio::time::interval(check_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return covered_seq,
+        }
+        let due = every_records > 0
+            && dispenser.wal().durable_seq() >= covered_seq.saturating_add(every_records);
+        if !due {
+            continue;
+        }
+        let writer = dispenser.clone();
+        let target = dir.clone();
+        if let Ok(Some(seq)) =
+            tokio::task::spawn_blocking(move || write_checkpoint(&writer, &target)).await
+        {
+            covered_seq = seq;
+        }
+    }
+}
+
+/// Captures and writes one snapshot. A failure is logged and counted, never
+/// fatal: the WAL still holds every record, and the next attempt retries.
+fn write_checkpoint(dispenser: &Dispenser, dir: &Path) -> Option<u64> {
+    let started = Instant::now();
+    let checkpoint = dispenser.checkpoint();
+    let captured = started.elapsed();
+    let covered_seq = checkpoint.covered_seq;
+    let vouchers = checkpoint.voucher_count();
+    match snapshot::write(dir, &checkpoint, system_now(), |seq| {
+        dispenser.wait_durable_blocking(seq)
+    }) {
+        Ok(Some(path)) => {
+            Telemetry::checkpoint_written(covered_seq, started.elapsed());
+            tracing::info!(
+                path = %path.display(),
+                covered_seq,
+                vouchers,
+                capture_us = captured.as_micros() as u64,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "snapshot written"
+            );
+            Some(covered_seq)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            Telemetry::checkpoint_failed();
+            tracing::error!(error = %e, "snapshot failed; the WAL still has every record, will retry");
+            None
+        }
+    }
 }
 
 async fn bind(config: &Config) -> std::io::Result<(TcpListener, TcpListener)> {
@@ -152,10 +233,22 @@ async fn bind(config: &Config) -> std::io::Result<(TcpListener, TcpListener)> {
 }
 
 /// Replays the WAL into fresh state, opens it for appends, seeds the config.
-fn recover(config: &Config, regions: RegionIndex) -> Result<Dispenser, i32> {
+fn recover(config: &Config, regions: RegionIndex) -> Result<(Dispenser, u64), i32> {
     let started = Instant::now();
     let digest_key = DigestKey::new(rand::random(), rand::random());
     let mut recovered = Recovered::new(digest_key);
+    let snapshots = snapshot::directory(&config.storage.data_dir);
+    let loaded = match snapshot::load_latest(&snapshots, &mut recovered) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot load the snapshot; refusing to start. Move the snapshot aside to recover from the full WAL");
+            return Err(EXIT_DATA_ERROR);
+        }
+    };
+    let covered_seq = loaded.as_ref().map_or(0, |l| l.covered_seq);
+    if let Some(l) = &loaded {
+        tracing::info!(path = %l.path.display(), covered_seq, records = l.records, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot loaded");
+    }
     let options = WalOptions {
         dir: config.storage.data_dir.join("wal"),
         segment_size_bytes: config.storage.segment_size_bytes,
@@ -166,7 +259,13 @@ fn recover(config: &Config, regions: RegionIndex) -> Result<Dispenser, i32> {
         max_queue_records: config.server.max_inflight_claims + WAL_QUEUE_HEADROOM_RECORDS,
         observer: Arc::new(WalTelemetry::new()),
     };
+    let mut tail_records = 0u64;
+    // Records the snapshot already holds are validated by the WAL but not applied again.
     let opened = wal::open(options, |record| {
+        if record.seq <= covered_seq {
+            return Ok(());
+        }
+        tail_records += 1;
         recovered.apply(record.seq, record.kind, record.payload)
     });
     let (wal, report) = match opened {
@@ -176,13 +275,18 @@ fn recover(config: &Config, regions: RegionIndex) -> Result<Dispenser, i32> {
             return Err(EXIT_DATA_ERROR);
         }
     };
-    Telemetry::replay_finished(
-        report.records,
-        report.truncated_tail_bytes,
-        started.elapsed(),
-    );
+    if report.last_seq < covered_seq {
+        tracing::error!(
+            covered_seq,
+            wal_last_seq = report.last_seq,
+            "the snapshot covers records the WAL does not have; refusing to start (was the WAL directory replaced?)"
+        );
+        return Err(EXIT_DATA_ERROR);
+    }
+    Telemetry::replay_finished(tail_records, report.truncated_tail_bytes, started.elapsed());
     tracing::info!(
-        records = report.records,
+        wal_records = report.records,
+        applied_after_snapshot = tail_records,
         segments = report.segments,
         truncated_tail_bytes = report.truncated_tail_bytes,
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -197,7 +301,7 @@ fn recover(config: &Config, regions: RegionIndex) -> Result<Dispenser, i32> {
     );
     let dispenser = Dispenser::new(recovered, counties, regions, wal);
     seed(config, &dispenser)?;
-    Ok(dispenser)
+    Ok((dispenser, covered_seq))
 }
 
 /// Writes configured campaigns and tranches that the WAL does not have yet.

@@ -30,6 +30,7 @@ use crate::core::{
 };
 use crate::geo::RegionIndex;
 use crate::journal;
+use crate::snapshot::{Checkpoint, TrancheCapture};
 use crate::wal::{AppendError, Wal};
 
 type Shard = Arc<Mutex<TrancheBook>>;
@@ -469,6 +470,48 @@ impl Dispenser {
             }
         };
         Ok((self.tranche_view(&book, now), durability))
+    }
+
+    /// A consistent copy of the whole state, for a snapshot. Holds every lock
+    /// for a moment (vouchers are shared, not copied); every WAL record up to
+    /// `covered_seq` is in it and none after.
+    pub fn checkpoint(&self) -> Checkpoint {
+        let catalog = self.catalog.read();
+        let books: Vec<_> = catalog
+            .tranches()
+            .iter()
+            .map(|shard| shard.lock())
+            .collect();
+        // Every append happens under a tranche lock or the catalog write lock,
+        // all held or excluded here, so nothing can be appended right now.
+        let covered_seq = self.wal.next_seq() - 1;
+        Checkpoint {
+            covered_seq,
+            campaigns: catalog
+                .campaigns()
+                .map(|c| CampaignSpec {
+                    campaign_id: c.campaign_id.clone(),
+                    name: c.name.clone(),
+                })
+                .collect(),
+            tranches: books
+                .iter()
+                .map(|book| TrancheCapture {
+                    ordinal: book.ordinal(),
+                    spec: book.spec().clone(),
+                    paused: book.is_paused(),
+                    vouchers: book.share_vouchers(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Blocks until the WAL is durable through `seq`; false if it stopped first.
+    pub fn wait_durable_blocking(&self, seq: u64) -> bool {
+        match self.durability(seq) {
+            Ok(d) => d.wait_blocking(),
+            Err(_) => false,
+        }
     }
 
     /// The recorded definition of a tranche, if any.

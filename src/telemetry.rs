@@ -155,6 +155,16 @@ impl Telemetry {
             .increment(truncated_tail_bytes);
     }
 
+    pub fn checkpoint_written(covered_seq: u64, elapsed: Duration) {
+        metrics::counter!("voucherd_checkpoints_total", "result" => "written").increment(1);
+        metrics::gauge!("voucherd_checkpoint_covered_seq").set(covered_seq as f64);
+        metrics::gauge!("voucherd_checkpoint_duration_seconds").set(elapsed.as_secs_f64());
+    }
+
+    pub fn checkpoint_failed() {
+        metrics::counter!("voucherd_checkpoints_total", "result" => "failed").increment(1);
+    }
+
     pub fn ready_changed(ready: bool) {
         metrics::gauge!("voucherd_ready").set(if ready { 1.0 } else { 0.0 });
     }

@@ -3,103 +3,11 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::io::{Seek, SeekFrom, Write};
 
 use serde_json::json;
 use support::*;
 use voucherd::wal;
-
-#[derive(Clone, Debug)]
-struct Acked {
-    user: String,
-    request: String,
-    id: String,
-    county: String,
-    lng: f64,
-    lat: f64,
-}
-
-/// Claims `count` vouchers from 8 connections at once; returns what was acknowledged.
-fn claim_concurrently(daemon: &Daemon, tranche: &str, prefix: &str, count: usize) -> Vec<Acked> {
-    let points = county_points();
-    let addr = daemon.public;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..8)
-            .map(|t| {
-                let points = points.clone();
-                scope.spawn(move || {
-                    let mut client = Client::new(addr);
-                    let mut out = Vec::new();
-                    for i in (t..count).step_by(8) {
-                        let (_, lng, lat) = points[i % 3];
-                        let user = format!("{prefix}-user-{i}");
-                        let request = format!("{prefix}-req-{i}");
-                        let reply = client.claim(&claim_body(tranche, &user, &request, lng, lat));
-                        if reply.status == 201 {
-                            let v = reply.json()["voucher"].clone();
-                            out.push(Acked {
-                                user,
-                                request,
-                                id: v["id"].as_str().expect("id").to_owned(),
-                                county: v["county"].as_str().expect("county").to_owned(),
-                                lng,
-                                lat,
-                            });
-                        } else {
-                            assert_eq!(reply.status, 410, "{}", reply.text());
-                        }
-                    }
-                    out
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("client"))
-            .collect()
-    })
-}
-
-fn remaining(daemon: &Daemon, tranche: &str) -> HashMap<String, u64> {
-    let view = daemon
-        .client()
-        .get(&format!("/v1/tranches/{tranche}"))
-        .json();
-    view["counties"]
-        .as_array()
-        .expect("counties")
-        .iter()
-        .map(|c| {
-            (
-                c["county"].as_str().expect("county").to_owned(),
-                c["remaining"].as_u64().expect("remaining"),
-            )
-        })
-        .collect()
-}
-
-/// Every acknowledged voucher is there, bound to the same county and identity.
-fn check_all_present(daemon: &Daemon, tranche: &str, acked: &[Acked]) {
-    let mut c = daemon.client();
-    for a in acked {
-        let got = c.get(&format!("/v1/vouchers/{}", a.id));
-        assert_eq!(got.status, 200, "voucher {} lost: {}", a.id, got.text());
-        assert_eq!(got.json()["voucher"]["county"], a.county.as_str());
-        let replay = c.claim(&claim_body(tranche, &a.user, &a.request, a.lng, a.lat));
-        assert_eq!(replay.status, 200, "{}", replay.text());
-        assert_eq!(replay.json()["voucher"]["id"], a.id.as_str());
-        let dup = c.claim(&claim_body(
-            tranche,
-            &a.user,
-            &format!("{}-again", a.request),
-            a.lng,
-            a.lat,
-        ));
-        assert_eq!(dup.status, 409, "{}", dup.text());
-        assert_eq!(dup.json()["voucher"]["id"], a.id.as_str());
-    }
-}
 
 fn tranche_quotas() -> Vec<(u32, u32)> {
     county_points()

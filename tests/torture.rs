@@ -6,6 +6,9 @@
 //! 3. issued + remaining = quota for every county;
 //! 4. the server answers again within a bounded time.
 //!
+//! Snapshots are taken every 30 records, so restarts exercise snapshot +
+//! WAL-tail recovery and kills land mid-snapshot too.
+//!
 //! `VOUCHERD_TORTURE_CYCLES` sets the number of cycles (default 30);
 //! `VOUCHERD_TEST_SEED` replays a run. Prints one summary line.
 
@@ -23,8 +26,8 @@ const DEFAULT_CYCLES: usize = 30;
 const CLIENTS: usize = 4;
 /// Cycles that share one tranche before a fresh one is created, so runs
 /// exercise both issuing and selling out.
-const CYCLES_PER_TRANCHE: usize = 8;
-const QUOTA_PER_COUNTY: u32 = 25;
+const CYCLES_PER_TRANCHE: usize = 4;
+const QUOTA_PER_COUNTY: u32 = 40;
 /// Most claims a client sends in one cycle (the kill normally comes first).
 const MAX_CLAIMS_PER_CLIENT_PER_CYCLE: usize = 400;
 /// Known vouchers re-checked in full after each restart (all of them at the end).
@@ -307,7 +310,12 @@ fn kill_9_torture() {
         .unwrap_or(0x7077_0e57);
     println!("torture seed {seed}, {cycles} cycles");
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = TestConfig::default();
+    // Frequent snapshots, so kills also land while one is being written.
+    let config = TestConfig {
+        checkpoint_every_records: 30,
+        checkpoint_check_interval_ms: 10,
+        ..TestConfig::default()
+    };
     let quotas: HashMap<String, u32> = COUNTIES
         .iter()
         .map(|(c, _)| (c.to_string(), QUOTA_PER_COUNTY))

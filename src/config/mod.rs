@@ -29,6 +29,7 @@ pub const MAX_COUNTIES: usize = 256;
 pub use crate::wal::{MAX_SEGMENT_SIZE_BYTES, MIN_SEGMENT_SIZE_BYTES};
 pub const MAX_BATCH_RECORDS_CEILING: usize = crate::wal::MAX_BATCH_RECORDS;
 pub const MAX_BATCH_WINDOW_US: u64 = 100_000;
+pub const MAX_CHECKPOINT_EVERY_RECORDS: u64 = 1_000_000_000;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -59,6 +60,8 @@ pub struct StorageConfig {
     pub segment_size_bytes: u64,
     pub batch_window: Duration,
     pub max_batch_records: usize,
+    pub checkpoint_every_records: u64,
+    pub checkpoint_check_interval: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -282,11 +285,25 @@ impl Validator {
             1,
             MAX_BATCH_RECORDS_CEILING,
         );
+        self.range(
+            "storage.checkpoint_every_records",
+            raw.checkpoint_every_records,
+            0,
+            MAX_CHECKPOINT_EVERY_RECORDS,
+        );
+        self.range(
+            "storage.checkpoint_check_interval_ms",
+            raw.checkpoint_check_interval_ms,
+            10,
+            3_600_000,
+        );
         Some(StorageConfig {
             data_dir: self.path(&raw.data_dir),
             segment_size_bytes: raw.segment_size_bytes,
             batch_window: Duration::from_micros(raw.batch_window_us),
             max_batch_records: raw.max_batch_records,
+            checkpoint_every_records: raw.checkpoint_every_records,
+            checkpoint_check_interval: Duration::from_millis(raw.checkpoint_check_interval_ms),
         })
     }
 

@@ -68,6 +68,19 @@ pub struct RawStorage {
     pub batch_window_us: u64,
     #[serde(default = "default_max_batch_records")]
     pub max_batch_records: usize,
+    /// Write a snapshot once this many WAL records follow the last one (0: only at shutdown).
+    #[serde(default = "default_checkpoint_every_records")]
+    pub checkpoint_every_records: u64,
+    /// How often to check whether a snapshot is due.
+    #[serde(default = "default_checkpoint_check_interval_ms")]
+    pub checkpoint_check_interval_ms: u64,
+}
+
+fn default_checkpoint_every_records() -> u64 {
+    1_000_000
+}
+fn default_checkpoint_check_interval_ms() -> u64 {
+    5_000
 }
 
 fn default_segment_size_bytes() -> u64 {

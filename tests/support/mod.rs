@@ -3,6 +3,7 @@
 //! stdout, a reply, a closed socket) and is bounded by a deadline.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -75,6 +76,8 @@ pub struct TestConfig {
     pub max_connections: usize,
     pub max_inflight_claims: usize,
     pub segment_size_bytes: u64,
+    pub checkpoint_every_records: u64,
+    pub checkpoint_check_interval_ms: u64,
     pub extra: String,
 }
 
@@ -85,6 +88,8 @@ impl Default for TestConfig {
             max_connections: 1_000,
             max_inflight_claims: 16_384,
             segment_size_bytes: 4 << 20,
+            checkpoint_every_records: 1_000_000,
+            checkpoint_check_interval_ms: 5_000,
             extra: String::new(),
         }
     }
@@ -108,6 +113,8 @@ token_env = "VOUCHERD_TEST_ADMIN_TOKEN"
 [storage]
 data_dir = "{}"
 segment_size_bytes = {}
+checkpoint_every_records = {}
+checkpoint_check_interval_ms = {}
 
 [regions]
 source = "geojson"
@@ -122,6 +129,8 @@ name = "test campaign"
             self.max_inflight_claims,
             data_dir.display(),
             self.segment_size_bytes,
+            self.checkpoint_every_records,
+            self.checkpoint_check_interval_ms,
             geojson_path().display(),
         );
         for (code, name) in COUNTIES {
@@ -529,4 +538,100 @@ pub fn read_reply(conn: &mut BufReader<TcpStream>) -> Option<Reply> {
         headers,
         body,
     })
+}
+
+#[derive(Clone, Debug)]
+pub struct Acked {
+    pub user: String,
+    pub request: String,
+    pub id: String,
+    pub county: String,
+    pub lng: f64,
+    pub lat: f64,
+}
+
+/// Claims `count` vouchers from 8 connections at once; returns what was acknowledged.
+pub fn claim_concurrently(
+    daemon: &Daemon,
+    tranche: &str,
+    prefix: &str,
+    count: usize,
+) -> Vec<Acked> {
+    let points = county_points();
+    let addr = daemon.public;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let points = points.clone();
+                scope.spawn(move || {
+                    let mut client = Client::new(addr);
+                    let mut out = Vec::new();
+                    for i in (t..count).step_by(8) {
+                        let (_, lng, lat) = points[i % 3];
+                        let user = format!("{prefix}-user-{i}");
+                        let request = format!("{prefix}-req-{i}");
+                        let reply = client.claim(&claim_body(tranche, &user, &request, lng, lat));
+                        if reply.status == 201 {
+                            let v = reply.json()["voucher"].clone();
+                            out.push(Acked {
+                                user,
+                                request,
+                                id: v["id"].as_str().expect("id").to_owned(),
+                                county: v["county"].as_str().expect("county").to_owned(),
+                                lng,
+                                lat,
+                            });
+                        } else {
+                            assert_eq!(reply.status, 410, "{}", reply.text());
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("client"))
+            .collect()
+    })
+}
+
+pub fn remaining(daemon: &Daemon, tranche: &str) -> HashMap<String, u64> {
+    let view = daemon
+        .client()
+        .get(&format!("/v1/tranches/{tranche}"))
+        .json();
+    view["counties"]
+        .as_array()
+        .expect("counties")
+        .iter()
+        .map(|c| {
+            (
+                c["county"].as_str().expect("county").to_owned(),
+                c["remaining"].as_u64().expect("remaining"),
+            )
+        })
+        .collect()
+}
+
+/// Every acknowledged voucher is there, bound to the same county and identity.
+pub fn check_all_present(daemon: &Daemon, tranche: &str, acked: &[Acked]) {
+    let mut c = daemon.client();
+    for a in acked {
+        let got = c.get(&format!("/v1/vouchers/{}", a.id));
+        assert_eq!(got.status, 200, "voucher {} lost: {}", a.id, got.text());
+        assert_eq!(got.json()["voucher"]["county"], a.county.as_str());
+        let replay = c.claim(&claim_body(tranche, &a.user, &a.request, a.lng, a.lat));
+        assert_eq!(replay.status, 200, "{}", replay.text());
+        assert_eq!(replay.json()["voucher"]["id"], a.id.as_str());
+        let dup = c.claim(&claim_body(
+            tranche,
+            &a.user,
+            &format!("{}-again", a.request),
+            a.lng,
+            a.lat,
+        ));
+        assert_eq!(dup.status, 409, "{}", dup.text());
+        assert_eq!(dup.json()["voucher"]["id"], a.id.as_str());
+    }
 }

@@ -1,0 +1,447 @@
+//! Checkpoints: the full state written to one checksummed file, so a restart
+//! loads it and replays only the WAL records after it.
+//!
+//! A snapshot is a compacted journal: the campaigns, each tranche's current
+//! definition (and pause), and every voucher's claim event, encoded with the
+//! same codec as WAL records and applied through the same `Recovered::apply`
+//! on load. Nothing new can drift between "state from a snapshot" and "state
+//! from the WAL".
+//!
+//! File: `<data_dir>/snapshots/<covered_seq:020>.snap`
+//! - header, 64 bytes: magic `VCHRSNAP`, version u32, 4 zero bytes,
+//!   covered_seq u64 (every WAL record up to it is included), created_at_ms
+//!   i64, record count u64, body length u64, CRC32C of bytes 0..48, zeros;
+//! - body: records `kind u8 | seq u64 | payload length u32 | payload`;
+//! - trailer: CRC32C of the body u32, then `SNAPEND\0`.
+//!
+//! Writing (numbered steps, each a precondition of the next):
+//! 1. capture the state under the locks (cheap: vouchers are shared chunks);
+//! 2. encode it into `<name>.snap.tmp` and fsync the file;
+//! 3. wait until the WAL is durable through `covered_seq`, so a snapshot
+//!    never holds a decision that a crash could still take back;
+//! 4. rename to `<name>.snap` and fsync the directory;
+//! 5. delete snapshots older than the newest [`SNAPSHOTS_KEPT`].
+//!
+//! WAL segments are never deleted here: they stay until an archiver has
+//! shipped them (a later feature), so a damaged snapshot can always be
+//! rebuilt from the log.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::core::append_log::SharedLog;
+use crate::core::{CampaignSpec, Event, TrancheControl, TrancheSpec, UnixMillis, Voucher};
+use crate::dispenser::{Recovered, ReplayError};
+use crate::journal;
+
+const MAGIC: &[u8; 8] = b"VCHRSNAP";
+const TRAILER_MAGIC: &[u8; 8] = b"SNAPEND\0";
+const FORMAT_VERSION: u32 = 1;
+const HEADER_BYTES: usize = 64;
+const HEADER_CRC_OFFSET: usize = 48;
+const TRAILER_BYTES: usize = 12;
+const RECORD_HEAD_BYTES: usize = 13;
+/// Snapshots kept on disk; older ones are removed after a new one is in place.
+pub const SNAPSHOTS_KEPT: usize = 2;
+/// Largest snapshot file read back (a bound on memory at start-up).
+pub const MAX_SNAPSHOT_BYTES: u64 = 64 << 30;
+/// Bytes buffered while writing a snapshot.
+const WRITE_BUFFER_BYTES: usize = 1 << 20;
+
+/// A consistent copy of the whole state at one WAL sequence number.
+pub struct Checkpoint {
+    pub covered_seq: u64,
+    pub campaigns: Vec<CampaignSpec>,
+    pub tranches: Vec<TrancheCapture>,
+}
+
+pub struct TrancheCapture {
+    pub ordinal: u32,
+    pub spec: TrancheSpec,
+    pub paused: bool,
+    pub vouchers: SharedLog<Voucher>,
+}
+
+impl Checkpoint {
+    pub fn voucher_count(&self) -> usize {
+        self.tranches.iter().map(|t| t.vouchers.len()).sum()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{operation} {path}: {source}")]
+    Io {
+        operation: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("{path}: {source}")]
+    Apply {
+        path: PathBuf,
+        #[source]
+        source: ReplayError,
+    },
+}
+
+fn io(operation: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError {
+    let path = path.to_owned();
+    move |source| SnapshotError::Io {
+        operation,
+        path,
+        source,
+    }
+}
+
+pub fn directory(data_dir: &Path) -> PathBuf {
+    data_dir.join("snapshots")
+}
+
+fn file_name(covered_seq: u64) -> String {
+    format!("{covered_seq:020}.snap")
+}
+
+/// Steps 2, 4 and 5 of the write path. `wait_durable` is step 3: it must
+/// return only once the WAL is durable through `covered_seq` (false: give up).
+pub fn write(
+    dir: &Path,
+    checkpoint: &Checkpoint,
+    created_at: UnixMillis,
+    wait_durable: impl FnOnce(u64) -> bool,
+) -> Result<Option<PathBuf>, SnapshotError> {
+    fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let path = dir.join(file_name(checkpoint.covered_seq));
+    let tmp = dir.join(format!("{}.tmp", file_name(checkpoint.covered_seq)));
+    let file = File::create(&tmp).map_err(io("create", &tmp))?;
+    let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
+    let (records, body_bytes, body_crc) =
+        write_body(&mut out, checkpoint).map_err(io("write", &tmp))?;
+    // The header goes last: it holds the counts. Seek back by rewriting the file head.
+    let mut file = out.into_inner().map_err(|e| SnapshotError::Io {
+        operation: "flush",
+        path: tmp.clone(),
+        source: e.into_error(),
+    })?;
+    let mut trailer = Vec::with_capacity(TRAILER_BYTES);
+    trailer.extend_from_slice(&body_crc.to_le_bytes());
+    trailer.extend_from_slice(TRAILER_MAGIC);
+    file.write_all(&trailer).map_err(io("write", &tmp))?;
+    let header = header(checkpoint.covered_seq, created_at, records, body_bytes);
+    write_at_start(&mut file, &header).map_err(io("write", &tmp))?;
+    file.sync_all().map_err(io("fsync", &tmp))?;
+    drop(file);
+    if !wait_durable(checkpoint.covered_seq) {
+        let _ = fs::remove_file(&tmp);
+        return Ok(None);
+    }
+    fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync directory", dir))?;
+    remove_old(dir)?;
+    Ok(Some(path))
+}
+
+fn write_at_start(file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(bytes, 0)
+}
+
+/// Writes a placeholder header, then every record. Returns (records, body bytes, body CRC).
+fn write_body(out: &mut impl Write, checkpoint: &Checkpoint) -> std::io::Result<(u64, u64, u32)> {
+    out.write_all(&[0u8; HEADER_BYTES])?;
+    let mut state = BodyWriter {
+        out,
+        records: 0,
+        bytes: 0,
+        crc: 0,
+    };
+    for campaign in &checkpoint.campaigns {
+        state.event(
+            checkpoint.covered_seq,
+            &Event::CampaignDefined(campaign.clone()),
+        )?;
+    }
+    for tranche in &checkpoint.tranches {
+        state.event(
+            checkpoint.covered_seq,
+            &Event::TrancheDefined {
+                ordinal: tranche.ordinal,
+                spec: tranche.spec.clone(),
+            },
+        )?;
+        if tranche.paused {
+            state.event(
+                checkpoint.covered_seq,
+                &Event::TrancheControlled {
+                    tranche_id: tranche.spec.tranche_id.clone(),
+                    control: TrancheControl::Pause,
+                    at: UnixMillis(0),
+                },
+            )?;
+        }
+        for voucher in tranche.vouchers.iter() {
+            state.record(
+                journal::KIND_VOUCHER_CLAIMED,
+                voucher.seq,
+                &journal::encode_claim(&voucher.claim),
+            )?;
+        }
+    }
+    Ok((state.records, state.bytes, state.crc))
+}
+
+struct BodyWriter<'a, W: Write> {
+    out: &'a mut W,
+    records: u64,
+    bytes: u64,
+    crc: u32,
+}
+
+impl<W: Write> BodyWriter<'_, W> {
+    fn event(&mut self, seq: u64, event: &Event) -> std::io::Result<()> {
+        self.record(journal::kind_of(event), seq, &journal::encode(event))
+    }
+
+    fn record(&mut self, kind: u8, seq: u64, payload: &[u8]) -> std::io::Result<()> {
+        let len =
+            u32::try_from(payload.len()).map_err(|_| std::io::Error::other("record too large"))?;
+        let mut head = [0u8; RECORD_HEAD_BYTES];
+        head[0] = kind;
+        head[1..9].copy_from_slice(&seq.to_le_bytes());
+        head[9..13].copy_from_slice(&len.to_le_bytes());
+        self.crc = crc32c::crc32c_append(self.crc, &head);
+        self.crc = crc32c::crc32c_append(self.crc, payload);
+        self.out.write_all(&head)?;
+        self.out.write_all(payload)?;
+        self.records += 1;
+        self.bytes += (RECORD_HEAD_BYTES + payload.len()) as u64;
+        Ok(())
+    }
+}
+
+fn header(
+    covered_seq: u64,
+    created_at: UnixMillis,
+    records: u64,
+    body_bytes: u64,
+) -> [u8; HEADER_BYTES] {
+    let mut h = [0u8; HEADER_BYTES];
+    h[0..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&covered_seq.to_le_bytes());
+    h[24..32].copy_from_slice(&created_at.0.to_le_bytes());
+    h[32..40].copy_from_slice(&records.to_le_bytes());
+    h[40..48].copy_from_slice(&body_bytes.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..HEADER_CRC_OFFSET]);
+    h[HEADER_CRC_OFFSET..HEADER_CRC_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// What a loaded snapshot covered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Loaded {
+    pub path: PathBuf,
+    pub covered_seq: u64,
+    pub records: u64,
+}
+
+/// A snapshot file whose bytes check out, ready to apply.
+pub struct Verified {
+    pub path: PathBuf,
+    pub covered_seq: u64,
+    pub records: u64,
+    bytes: Vec<u8>,
+}
+
+/// Checks a snapshot's framing and checksums without applying anything.
+/// Never panics on arbitrary bytes (fuzzed).
+pub fn verify(path: &Path, bytes: Vec<u8>) -> Result<Verified, SnapshotError> {
+    let invalid = |reason: String| SnapshotError::Invalid {
+        path: path.to_owned(),
+        reason,
+    };
+    if bytes.len() < HEADER_BYTES + TRAILER_BYTES {
+        return Err(invalid(format!(
+            "{} bytes is shorter than a header and trailer",
+            bytes.len()
+        )));
+    }
+    let h = &bytes[..HEADER_BYTES];
+    if &h[0..8] != MAGIC {
+        return Err(invalid("not a voucherd snapshot (bad magic)".into()));
+    }
+    let stored = u32::from_le_bytes(le4(&h[HEADER_CRC_OFFSET..]));
+    if crc32c::crc32c(&h[..HEADER_CRC_OFFSET]) != stored {
+        return Err(invalid("header checksum mismatch".into()));
+    }
+    if h[HEADER_CRC_OFFSET + 4..].iter().any(|&b| b != 0) {
+        return Err(invalid("header padding is not zero".into()));
+    }
+    let version = u32::from_le_bytes(le4(&h[8..]));
+    if version != FORMAT_VERSION {
+        return Err(invalid(format!(
+            "format version {version}, expected {FORMAT_VERSION}"
+        )));
+    }
+    let covered_seq = u64::from_le_bytes(le8(&h[16..]));
+    let records = u64::from_le_bytes(le8(&h[32..]));
+    let body_bytes = u64::from_le_bytes(le8(&h[40..]));
+    let expected_len = (HEADER_BYTES as u64)
+        .checked_add(body_bytes)
+        .and_then(|n| n.checked_add(TRAILER_BYTES as u64));
+    if expected_len != Some(bytes.len() as u64) {
+        return Err(invalid(format!(
+            "file is {} bytes, header says body is {body_bytes}",
+            bytes.len()
+        )));
+    }
+    let body_end = HEADER_BYTES + body_bytes as usize;
+    let trailer = &bytes[body_end..];
+    if &trailer[4..12] != TRAILER_MAGIC {
+        return Err(invalid("bad trailer (a write was interrupted?)".into()));
+    }
+    if crc32c::crc32c(&bytes[HEADER_BYTES..body_end]) != u32::from_le_bytes(le4(trailer)) {
+        return Err(invalid("body checksum mismatch".into()));
+    }
+    let counted = walk(&bytes[HEADER_BYTES..body_end], |_, _, _| Ok(())).map_err(&invalid)?;
+    if counted != records {
+        return Err(invalid(format!(
+            "header says {records} records, body has {counted}"
+        )));
+    }
+    Ok(Verified {
+        path: path.to_owned(),
+        covered_seq,
+        records,
+        bytes,
+    })
+}
+
+impl Verified {
+    /// Applies every record to `recovered`.
+    pub fn apply(self, recovered: &mut Recovered) -> Result<Loaded, SnapshotError> {
+        let body_end = self.bytes.len() - TRAILER_BYTES;
+        let mut failure = None;
+        let walked = walk(&self.bytes[HEADER_BYTES..body_end], |kind, seq, payload| {
+            recovered.apply(seq, kind, payload).map_err(|e| {
+                let text = e.to_string();
+                failure = Some(e);
+                text
+            })
+        });
+        if let Err(reason) = walked {
+            return Err(match failure {
+                Some(source) => SnapshotError::Apply {
+                    path: self.path,
+                    source,
+                },
+                None => SnapshotError::Invalid {
+                    path: self.path,
+                    reason,
+                },
+            });
+        }
+        Ok(Loaded {
+            path: self.path,
+            covered_seq: self.covered_seq,
+            records: self.records,
+        })
+    }
+}
+
+/// Calls `f(kind, seq, payload)` for each record; returns the count.
+fn walk(
+    mut body: &[u8],
+    mut f: impl FnMut(u8, u64, &[u8]) -> Result<(), String>,
+) -> Result<u64, String> {
+    let mut count = 0u64;
+    while !body.is_empty() {
+        if body.len() < RECORD_HEAD_BYTES {
+            return Err(format!("record {count} is cut short"));
+        }
+        let kind = body[0];
+        let seq = u64::from_le_bytes(le8(&body[1..]));
+        let len = u32::from_le_bytes(le4(&body[9..])) as usize;
+        let rest = &body[RECORD_HEAD_BYTES..];
+        if rest.len() < len {
+            return Err(format!(
+                "record {count} claims {len} bytes, {} remain",
+                rest.len()
+            ));
+        }
+        f(kind, seq, &rest[..len])?;
+        body = &rest[len..];
+        count += 1;
+    }
+    Ok(count)
+}
+
+fn le4(b: &[u8]) -> [u8; 4] {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    a
+}
+
+fn le8(b: &[u8]) -> [u8; 8] {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    a
+}
+
+/// Snapshot files in `dir`, newest first. Temporary files are ignored.
+pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, SnapshotError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io("list", dir)(e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io("list", dir))?;
+        let name = entry.file_name();
+        let Some(seq) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".snap"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        out.push((seq, entry.path()));
+    }
+    out.sort_by_key(|entry| std::cmp::Reverse(entry.0));
+    Ok(out)
+}
+
+/// Loads the newest snapshot that verifies into `recovered`. A snapshot that
+/// fails verification is skipped with a warning (the next older one, or the
+/// full WAL, still has the data); one that verifies but does not apply is an
+/// error, because `recovered` may already hold part of it.
+pub fn load_latest(dir: &Path, recovered: &mut Recovered) -> Result<Option<Loaded>, SnapshotError> {
+    for (_, path) in list(dir)? {
+        let len = fs::metadata(&path).map_err(io("stat", &path))?.len();
+        if len > MAX_SNAPSHOT_BYTES {
+            tracing::warn!(path = %path.display(), len, "snapshot larger than MAX_SNAPSHOT_BYTES; skipping it");
+            continue;
+        }
+        let bytes = fs::read(&path).map_err(io("read", &path))?;
+        match verify(&path, bytes) {
+            Ok(verified) => return verified.apply(recovered).map(Some),
+            Err(e) => {
+                tracing::warn!(error = %e, "skipping a snapshot that does not verify; falling back to an older one or the full WAL")
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn remove_old(dir: &Path) -> Result<(), SnapshotError> {
+    for (_, path) in list(dir)?.into_iter().skip(SNAPSHOTS_KEPT) {
+        fs::remove_file(&path).map_err(io("remove", &path))?;
+    }
+    Ok(())
+}

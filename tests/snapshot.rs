@@ -1,0 +1,184 @@
+//! Checkpoints through the real binary: periodic snapshots, restart from the
+//! newest snapshot plus the WAL tail, fallback past a damaged snapshot, a
+//! final snapshot on SIGTERM, and verification that refuses damaged bytes.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use support::*;
+use voucherd::snapshot;
+
+fn snapshot_config() -> TestConfig {
+    TestConfig {
+        checkpoint_every_records: 40,
+        checkpoint_check_interval_ms: 10,
+        ..TestConfig::default()
+    }
+}
+
+fn quotas() -> Vec<(u32, u32)> {
+    county_points()
+        .iter()
+        .take(3)
+        .map(|(c, _, _)| (*c, 200))
+        .collect()
+}
+
+fn snapshots(dir: &Path) -> Vec<(u64, PathBuf)> {
+    snapshot::list(&snapshot::directory(&dir.join("data"))).expect("list snapshots")
+}
+
+/// Waits (bounded) until a snapshot covering at least `seq` exists.
+fn wait_for_snapshot(dir: &Path, seq: u64) -> u64 {
+    let deadline = Instant::now() + STARTUP_DEADLINE;
+    loop {
+        if let Some((covered, _)) = snapshots(dir).first()
+            && *covered >= seq
+        {
+            return *covered;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot covering {seq} appeared"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn line_with<'a>(text: &'a str, needle: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no {needle:?} in:\n{text}"))
+}
+
+fn field(line: &str, name: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}= in {line}"))
+}
+
+#[test]
+fn restart_loads_the_snapshot_and_replays_only_the_tail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = snapshot_config();
+    let daemon = start(dir.path(), &config);
+    daemon.create_tranche("t1", &open_tranche_body(&quotas()));
+    let acked = claim_concurrently(&daemon, "t1", "a", 300);
+    assert_eq!(acked.len(), 300);
+    let covered = wait_for_snapshot(dir.path(), 200);
+    let before = remaining(&daemon, "t1");
+    daemon.kill();
+    assert!(
+        snapshots(dir.path()).len() <= snapshot::SNAPSHOTS_KEPT,
+        "old snapshots are removed"
+    );
+
+    let daemon = start(dir.path(), &config);
+    let log = daemon.stderr_text();
+    let loaded = line_with(&log, "snapshot loaded");
+    assert!(field(loaded, "covered_seq") >= covered, "{loaded}");
+    let replayed = line_with(&log, "WAL replayed");
+    let wal_records = field(replayed, "wal_records");
+    let tail = field(replayed, "applied_after_snapshot");
+    assert!(tail < wal_records, "only the tail is applied: {replayed}");
+    assert_eq!(remaining(&daemon, "t1"), before);
+    check_all_present(&daemon, "t1", &acked);
+}
+
+#[test]
+fn a_damaged_snapshot_is_skipped_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = snapshot_config();
+    let daemon = start(dir.path(), &config);
+    daemon.create_tranche("t1", &open_tranche_body(&quotas()));
+    let acked = claim_concurrently(&daemon, "t1", "a", 200);
+    wait_for_snapshot(dir.path(), 150);
+    let before = remaining(&daemon, "t1");
+    daemon.kill();
+
+    // Damage every snapshot: recovery must fall back to the full WAL.
+    for (_, path) in snapshots(dir.path()) {
+        let mut bytes = std::fs::read(&path).expect("read");
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x01;
+        std::fs::write(&path, bytes).expect("write");
+    }
+    let daemon = start(dir.path(), &config);
+    let log = daemon.stderr_text();
+    assert!(
+        log.contains("skipping a snapshot that does not verify"),
+        "{log}"
+    );
+    assert!(!log.contains("snapshot loaded"), "{log}");
+    assert_eq!(remaining(&daemon, "t1"), before);
+    check_all_present(&daemon, "t1", &acked);
+}
+
+#[test]
+fn sigterm_writes_a_final_snapshot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = TestConfig {
+        checkpoint_every_records: 0,
+        ..TestConfig::default()
+    };
+    let daemon = start(dir.path(), &config);
+    daemon.create_tranche("t1", &open_tranche_body(&quotas()));
+    let acked = claim_concurrently(&daemon, "t1", "a", 50);
+    assert!(
+        snapshots(dir.path()).is_empty(),
+        "periodic snapshots are off"
+    );
+    assert!(daemon.terminate().success());
+    assert_eq!(
+        snapshots(dir.path()).len(),
+        1,
+        "a snapshot is written on the way out"
+    );
+
+    let daemon = start(dir.path(), &config);
+    let replayed = line_with(&daemon.stderr_text(), "WAL replayed").to_owned();
+    assert_eq!(field(&replayed, "applied_after_snapshot"), 0, "{replayed}");
+    check_all_present(&daemon, "t1", &acked);
+}
+
+/// Every byte of a snapshot is covered by a checksum or a structural check:
+/// any single flipped bit, and any truncation, is refused, never applied.
+#[test]
+fn verification_refuses_every_flipped_bit_and_truncation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = start(dir.path(), &TestConfig::default());
+    daemon.create_tranche("t1", &open_tranche_body(&quotas()));
+    claim_concurrently(&daemon, "t1", "a", 12);
+    assert!(daemon.terminate().success());
+    let (_, path) = snapshots(dir.path())
+        .into_iter()
+        .next()
+        .expect("a snapshot");
+    let good = std::fs::read(&path).expect("read");
+    snapshot::verify(&path, good.clone()).expect("the written snapshot verifies");
+    let mut checked = 0;
+    for byte in 0..good.len() {
+        for bit in [0, 3, 7] {
+            let mut bad = good.clone();
+            bad[byte] ^= 1 << bit;
+            assert!(
+                snapshot::verify(&path, bad).is_err(),
+                "flip at byte {byte} bit {bit} accepted"
+            );
+            checked += 1;
+        }
+    }
+    for len in (0..good.len()).step_by(7) {
+        assert!(
+            snapshot::verify(&path, good[..len].to_vec()).is_err(),
+            "truncation to {len} accepted"
+        );
+    }
+    println!(
+        "snapshot of {} bytes: {checked} flipped bits refused",
+        good.len()
+    );
+}
