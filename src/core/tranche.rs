@@ -26,6 +26,12 @@ pub const MAX_COUNTIES_PER_TRANCHE: usize = 64;
 pub const MAX_QUOTA_PER_COUNTY: u32 = 10_000_000;
 pub const MAX_FACE_VALUE_FEN: u64 = 100_000_000;
 pub const MAX_THRESHOLD_FEN: u64 = 1_000_000_000;
+/// A tranche's maps are sized for its whole quota (up to this many vouchers)
+/// when it is defined, so neither the release burst nor a replay pays for
+/// rehashing as they grow.
+const PRESIZED_VOUCHERS_MAX: u64 = 1 << 20;
+/// Identity keys expected per voucher when presizing (user ID plus one more).
+const PRESIZED_KEYS_PER_VOUCHER: usize = 2;
 /// Bounded attempts to find an unused voucher random; a collision of 64-bit
 /// CSPRNG values is already astronomically unlikely.
 const MAX_VOUCHER_ID_ATTEMPTS: u32 = 64;
@@ -252,15 +258,19 @@ impl TrancheBook {
             "tranche spec must be validated before use"
         );
         let counties = stock_for(&spec);
+        let expected = spec.total_quota().min(PRESIZED_VOUCHERS_MAX) as usize;
         TrancheBook {
             ordinal,
             spec,
             paused: false,
             counties,
             vouchers: AppendLog::default(),
-            voucher_by_random: HashMap::default(),
-            holders: HashMap::default(),
-            requests: HashMap::default(),
+            voucher_by_random: HashMap::with_capacity_and_hasher(expected, DigestHasherBuilder),
+            holders: HashMap::with_capacity_and_hasher(
+                expected * PRESIZED_KEYS_PER_VOUCHER,
+                DigestHasherBuilder,
+            ),
+            requests: HashMap::with_capacity_and_hasher(expected, DigestHasherBuilder),
             digest_key,
         }
     }
