@@ -47,8 +47,11 @@ fn book(quota_per_county: u32) -> TrancheBook {
                 .iter()
                 .map(|c| (CountyCode(*c), quota_per_county))
                 .collect(),
+            redeem_anywhere_in_city: false,
+            industries: Vec::new(),
         },
         DigestKey::new(0x1234, 0x5678),
+        0,
     )
 }
 

@@ -45,6 +45,7 @@ name = "西陵区"
 [[campaigns]]
 id = "bench"
 name = "bench"
+budget_fen = 1000000000000
 TOML
 
 pids=()

@@ -66,6 +66,9 @@ fn build(dir: &Path, claims: u64) {
         Event::CampaignDefined(CampaignSpec {
             campaign_id: "bench".into(),
             name: "bench".into(),
+            budget_fen: u64::MAX / 4,
+            refund_policy: voucherd::core::event::RefundPolicy::RestoreIfValid,
+            rollover: voucherd::core::event::Rollover::None,
         }),
         Event::TrancheDefined {
             ordinal: 0,
@@ -78,6 +81,8 @@ fn build(dir: &Path, claims: u64) {
                 face_value_fen: 2_000,
                 threshold_fen: 10_000,
                 quotas: COUNTIES.iter().map(|c| (CountyCode(*c), quota)).collect(),
+                redeem_anywhere_in_city: false,
+                industries: Vec::new(),
             },
         },
     ];

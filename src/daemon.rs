@@ -103,6 +103,7 @@ async fn run(config: Config, regions: RegionIndex) -> i32 {
     let app = Arc::new(App::new(
         config.server.clone(),
         config.admin_token.clone(),
+        config.lifecycle.code_secret.clone(),
         telemetry,
         system_now,
     ));
@@ -144,6 +145,12 @@ async fn run(config: Config, regions: RegionIndex) -> i32 {
         shutdown_tx.subscribe(),
     ));
 
+    let settler = tokio::spawn(settlements(
+        dispenser.clone(),
+        config.lifecycle.settle_check_interval,
+        shutdown_tx.subscribe(),
+    ));
+
     wait_for_signal().await;
     tracing::info!("draining: refusing new claims, finishing in-flight ones");
     app.start_draining();
@@ -151,6 +158,7 @@ async fn run(config: Config, regions: RegionIndex) -> i32 {
     for server in servers {
         let _ = server.await;
     }
+    let _ = settler.await;
     let last_covered = checkpointer.await.unwrap_or(covered_seq);
     if dispenser.wal().durable_seq() > last_covered {
         let final_dispenser = dispenser.clone();
@@ -190,6 +198,37 @@ async fn checkpoints(
             tokio::task::spawn_blocking(move || write_checkpoint(&writer, &target)).await
         {
             covered_seq = seq;
+        }
+    }
+}
+
+/// Settles tranches whose window or validity ended, and rolls pools into
+/// tranches that opened, on a timer. Time enters the core here, as a value.
+async fn settlements(
+    dispenser: Arc<Dispenser>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let worker = dispenser.clone();
+        match tokio::task::spawn_blocking(move || worker.settle_due(system_now())).await {
+            Ok(Ok(settled)) if !settled.is_empty() => {
+                tracing::info!(
+                    events = settled.len(),
+                    "tranches settled (closing, expiry or rollover)"
+                );
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "settlement deferred: the WAL refused the record; retrying next tick")
+            }
+            Err(e) => tracing::error!(error = %e, "settlement task failed"),
         }
     }
 }

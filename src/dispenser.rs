@@ -25,10 +25,19 @@ use tokio::sync::oneshot;
 
 use crate::core::{
     CampaignSpec, Catalog, CatalogError, ClaimCommand, ClaimDecision, ControlDecision, CountyCode,
-    DigestKey, Event, IdentityKeys, Location, Refusal, TrancheBook, TrancheControl, TrancheSpec,
-    TrancheState, UnixMillis, Voucher, VoucherId,
+    DigestKey, Event, IdentityKeys, Location, RedemptionId, Refusal, TrancheBook, TrancheControl,
+    TrancheSpec, TrancheState, UnixMillis, VoucherId,
 };
 use crate::geo::RegionIndex;
+mod lifecycle;
+
+pub use lifecycle::{
+    MAX_REVOKE_TARGETS, PoolRequest, RedeemInput, RedeemOutcome, RedemptionView, RefundOutcome,
+    RevokeReport, RevokeTargets,
+};
+
+use crate::core::lifecycle::{Ledger, TrancheMoney, VoucherState};
+use crate::core::orders::{OrderBook, OrderEntry};
 use crate::journal;
 use crate::snapshot::{Checkpoint, TrancheCapture};
 use crate::wal::{AppendError, Wal};
@@ -90,16 +99,12 @@ pub struct VoucherView {
     pub threshold_fen: u64,
     pub claimed_at: UnixMillis,
     pub expires_at: UnixMillis,
-}
-
-impl VoucherView {
-    pub fn state(&self, now: UnixMillis) -> &'static str {
-        if now >= self.expires_at {
-            "expired"
-        } else {
-            "claimed"
-        }
-    }
+    /// The state at the moment the view was taken.
+    pub state: VoucherState,
+    /// The redemption that uses it, while redeemed.
+    pub redemption: Option<RedemptionId>,
+    /// The revocation case that touched it: (reason, case_id).
+    pub revocation: Option<(String, String)>,
 }
 
 /// One claim as the API layer parsed it.
@@ -150,6 +155,24 @@ pub enum AdminError {
     AlreadyOpened,
     /// The tranche has closed; pause/resume no longer apply.
     Closed,
+    /// The campaign's unreleased budget cannot pay for the tranche's vouchers.
+    BudgetExceeded {
+        available_fen: u64,
+        needed_fen: u64,
+    },
+    /// A campaign's budget cannot drop below what its tranches already released.
+    BudgetBelowReleased {
+        released_fen: u64,
+    },
+    /// The campaign pool holds less than the draw needs.
+    PoolTooSmall {
+        pool_fen: u64,
+        needed_fen: u64,
+    },
+    /// A draw that would add no vouchers, or a rollover already done.
+    NothingToDraw,
+    /// A per-county draw names a county the tranche has no quota for.
+    CountyNotInTranche,
     Unavailable(AppendError),
 }
 
@@ -187,6 +210,7 @@ pub enum ReplayError {
 /// State rebuilt from the WAL, before the WAL is open for appends.
 pub struct Recovered {
     catalog: Catalog<Shard>,
+    orders: OrderBook,
     digest_key: DigestKey,
     pub records: u64,
 }
@@ -195,6 +219,7 @@ impl Recovered {
     pub fn new(digest_key: DigestKey) -> Recovered {
         Recovered {
             catalog: Catalog::default(),
+            orders: OrderBook::new(digest_key),
             digest_key,
             records: 0,
         }
@@ -214,7 +239,7 @@ impl Recovered {
                 let len = self.catalog.tranches().len() as u64;
                 if u64::from(ordinal) == len {
                     let id = spec.tranche_id.clone();
-                    let book = TrancheBook::new(ordinal, spec, self.digest_key);
+                    let book = TrancheBook::new(ordinal, spec, self.digest_key, seq);
                     self.catalog
                         .apply_new_tranche(ordinal, &id, Arc::new(Mutex::new(book)));
                 } else {
@@ -227,19 +252,8 @@ impl Recovered {
                             "redefinition of ordinal {ordinal} does not fit"
                         )));
                     }
-                    book.apply_redefine(spec);
+                    book.apply_event(Arc::new(Event::TrancheDefined { ordinal, spec }), seq);
                 }
-            }
-            Event::TrancheControlled {
-                tranche_id,
-                control,
-                ..
-            } => {
-                let shard = self
-                    .catalog
-                    .tranche(&tranche_id)
-                    .ok_or_else(|| inconsistent(format!("unknown tranche {tranche_id}")))?;
-                shard.lock().apply_control(control);
             }
             Event::VoucherClaimed(claim) => {
                 let shard = self
@@ -250,6 +264,34 @@ impl Recovered {
                 // record that breaks them is a bug, and the daemon must crash.
                 shard.lock().replay_claim(claim, seq);
             }
+            event => {
+                let tranche_id = event.tranche_id().unwrap_or_default().to_owned();
+                let shard = self
+                    .catalog
+                    .tranche(&tranche_id)
+                    .ok_or_else(|| inconsistent(format!("unknown tranche {tranche_id}")))?;
+                let mut book = shard.lock();
+                let redeemed = match &event {
+                    Event::VoucherRedeemed(r) => Some((
+                        r.merchant_id.clone(),
+                        r.order_id.clone(),
+                        r.redemption_random,
+                    )),
+                    _ => None,
+                };
+                book.apply_event(Arc::new(event), seq);
+                if let Some((merchant_id, order_id, random)) = redeemed {
+                    let index = book.redemption_index(random).expect("just applied");
+                    let r = book.redemption(index);
+                    let entry = OrderEntry {
+                        tranche_ordinal: book.ordinal(),
+                        redemption_index: index,
+                        voucher_random: r.event.voucher_random,
+                        order_amount_fen: r.event.order_amount_fen,
+                    };
+                    self.orders.record(&merchant_id, &order_id, entry);
+                }
+            }
         }
         Ok(())
     }
@@ -257,6 +299,8 @@ impl Recovered {
 
 pub struct Dispenser {
     catalog: RwLock<Catalog<Shard>>,
+    /// Redemptions by (merchant, order), across tranches. Lock order: orders, then a tranche.
+    orders: Mutex<OrderBook>,
     counties: CountyDirectory,
     regions: RegionIndex,
     wal: Wal,
@@ -275,6 +319,7 @@ impl Dispenser {
         }
         Dispenser {
             catalog: RwLock::new(recovered.catalog),
+            orders: Mutex::new(recovered.orders),
             counties,
             regions,
             wal,
@@ -324,15 +369,11 @@ impl Dispenser {
                     Err(e) => return ClaimOutcome::Unavailable(e),
                 };
                 let index = book.apply_claim(Arc::new(event), &digests, seq);
-                ClaimOutcome::Claimed(
-                    self.voucher_view(&book, book.voucher(index)),
-                    Durability::Wait(rx),
-                )
+                ClaimOutcome::Claimed(self.voucher_view(&book, index, now), Durability::Wait(rx))
             }
             ClaimDecision::Replay { voucher_index } => {
-                let voucher = book.voucher(voucher_index);
-                let view = self.voucher_view(&book, voucher);
-                let seq = voucher.seq;
+                let view = self.voucher_view(&book, voucher_index, now);
+                let seq = book.voucher(voucher_index).seq;
                 drop(book);
                 match self.durability(seq) {
                     Ok(d) => ClaimOutcome::Replayed(view, d),
@@ -340,9 +381,8 @@ impl Dispenser {
                 }
             }
             ClaimDecision::AlreadyClaimed { voucher_index } => {
-                let voucher = book.voucher(voucher_index);
-                let view = self.voucher_view(&book, voucher);
-                let seq = voucher.seq;
+                let view = self.voucher_view(&book, voucher_index, now);
+                let seq = book.voucher(voucher_index).seq;
                 drop(book);
                 match self.durability(seq) {
                     Ok(d) => ClaimOutcome::AlreadyClaimed(view, d),
@@ -353,16 +393,17 @@ impl Dispenser {
         }
     }
 
-    pub fn voucher(&self, id: VoucherId) -> Option<(VoucherView, Durability)> {
+    pub fn voucher(&self, id: VoucherId, now: UnixMillis) -> Option<(VoucherView, Durability)> {
         let shard = self
             .catalog
             .read()
             .tranche_by_ordinal(id.tranche_ordinal)
             .cloned()?;
         let book = shard.lock();
-        let voucher = book.find_voucher(id)?;
-        let view = self.voucher_view(&book, voucher);
-        let seq = voucher.seq;
+        let index = book.voucher_index(id)?;
+        let view = self.voucher_view(&book, index, now);
+        // Later lifecycle records may not be durable yet either: wait for all.
+        let seq = self.wal.next_seq() - 1;
         drop(book);
         // A voucher whose record is not yet durable does not exist for readers.
         let durability = self.durability(seq).ok()?;
@@ -388,13 +429,17 @@ impl Dispenser {
         let mut catalog = self.catalog.write();
         let existed = catalog.campaign(&spec.campaign_id).is_some();
         if !catalog.decide_campaign(&spec)? {
-            return Ok((
-                Defined::Unchanged,
-                self.durability(self.wal.next_seq() - 1)
-                    .map_err(AdminError::Unavailable)?,
-            ));
+            return Ok((Defined::Unchanged, self.settled_so_far()?));
         }
-        let durability = self.append(&Event::CampaignDefined(spec.clone()))?;
+        let released_fen = self
+            .campaign_money(&catalog, &spec.campaign_id)
+            .iter()
+            .map(|m| m.released_from_budget_fen)
+            .sum::<u64>();
+        if spec.budget_fen < released_fen {
+            return Err(AdminError::BudgetBelowReleased { released_fen });
+        }
+        let (_, durability) = self.append(&Event::CampaignDefined(spec.clone()))?;
         catalog.apply_campaign(&spec);
         let defined = if existed {
             Defined::Replaced
@@ -404,7 +449,8 @@ impl Dispenser {
         Ok((defined, durability))
     }
 
-    /// Creates a tranche, or replaces one that has not opened.
+    /// Creates a tranche, or replaces one that has not opened. Its vouchers'
+    /// value must fit in the campaign's unreleased budget.
     pub fn define_tranche(
         &self,
         spec: TrancheSpec,
@@ -412,28 +458,51 @@ impl Dispenser {
     ) -> Result<(Defined, Durability), AdminError> {
         assert!(spec.validate().is_ok(), "the API layer validates specs");
         let mut catalog = self.catalog.write();
-        catalog.check_campaign(&spec.campaign_id)?;
+        let campaign = catalog
+            .campaign(&spec.campaign_id)
+            .cloned()
+            .ok_or(AdminError::UnknownCampaign)?;
+        let ledger = Ledger::of(
+            campaign.budget_fen,
+            &self.campaign_money(&catalog, &campaign.campaign_id),
+        );
         if let Some(shard) = catalog.tranche(&spec.tranche_id).cloned() {
             let mut book = shard.lock();
             if *book.spec() == spec {
                 drop(book);
-                return Ok((
-                    Defined::Unchanged,
-                    self.durability(self.wal.next_seq() - 1)
-                        .map_err(AdminError::Unavailable)?,
-                ));
+                return Ok((Defined::Unchanged, self.settled_so_far()?));
             }
             book.decide_redefine(now)
                 .map_err(|_| AdminError::AlreadyOpened)?;
-            let durability = self.append(&Event::TrancheDefined {
+            // The old definition's release goes back before the new one is taken.
+            let available_fen = ledger.unreleased_fen
+                + if book.spec().campaign_id == spec.campaign_id {
+                    book.money().released_from_budget_fen
+                } else {
+                    0
+                };
+            if spec.release_fen() > available_fen {
+                return Err(AdminError::BudgetExceeded {
+                    available_fen,
+                    needed_fen: spec.release_fen(),
+                });
+            }
+            let event = Event::TrancheDefined {
                 ordinal: book.ordinal(),
-                spec: spec.clone(),
-            })?;
-            book.apply_redefine(spec);
+                spec,
+            };
+            let (seq, durability) = self.append(&event)?;
+            book.apply_event(Arc::new(event), seq);
             return Ok((Defined::Replaced, durability));
         }
+        if spec.release_fen() > ledger.unreleased_fen {
+            return Err(AdminError::BudgetExceeded {
+                available_fen: ledger.unreleased_fen,
+                needed_fen: spec.release_fen(),
+            });
+        }
         let ordinal = catalog.decide_new_tranche(&spec.campaign_id)?;
-        let durability = self.append(&Event::TrancheDefined {
+        let (seq, durability) = self.append(&Event::TrancheDefined {
             ordinal,
             spec: spec.clone(),
         })?;
@@ -441,7 +510,12 @@ impl Dispenser {
         catalog.apply_new_tranche(
             ordinal,
             &id,
-            Arc::new(Mutex::new(TrancheBook::new(ordinal, spec, self.digest_key))),
+            Arc::new(Mutex::new(TrancheBook::new(
+                ordinal,
+                spec,
+                self.digest_key,
+                seq,
+            ))),
         );
         Ok((Defined::Created, durability))
     }
@@ -456,20 +530,49 @@ impl Dispenser {
         let mut book = shard.lock();
         let durability = match book.decide_control(control, now) {
             ControlDecision::Closed => return Err(AdminError::Closed),
-            ControlDecision::Unchanged => self
-                .durability(self.wal.next_seq() - 1)
-                .map_err(AdminError::Unavailable)?,
+            ControlDecision::Unchanged => self.settled_so_far()?,
             ControlDecision::Apply => {
-                let durability = self.append(&Event::TrancheControlled {
+                let event = Event::TrancheControlled {
                     tranche_id: tranche_id.to_owned(),
                     control,
                     at: now,
-                })?;
-                book.apply_control(control);
+                };
+                let (seq, durability) = self.append(&event)?;
+                book.apply_event(Arc::new(event), seq);
                 durability
             }
         };
         Ok((self.tranche_view(&book, now), durability))
+    }
+
+    /// Money of every tranche of a campaign. Takes each tranche's lock in turn.
+    fn campaign_money(&self, catalog: &Catalog<Shard>, campaign_id: &str) -> Vec<TrancheMoney> {
+        catalog
+            .tranches()
+            .iter()
+            .filter_map(|shard| {
+                let book = shard.lock();
+                (book.spec().campaign_id == campaign_id).then(|| *book.money())
+            })
+            .collect()
+    }
+
+    /// The campaign's ledger: `budget = unreleased + pool + outstanding + redeemed + revoked`.
+    pub fn ledger(&self, campaign_id: &str) -> Option<(CampaignSpec, Ledger)> {
+        let catalog = self.catalog.read();
+        let campaign = catalog.campaign(campaign_id)?.clone();
+        let ledger = Ledger::of(
+            campaign.budget_fen,
+            &self.campaign_money(&catalog, campaign_id),
+        );
+        Some((campaign, ledger))
+    }
+
+    /// An answer that changes nothing still waits for everything before it,
+    /// so it never shows state a crash could take back.
+    fn settled_so_far(&self) -> Result<Durability, AdminError> {
+        self.durability(self.wal.next_seq() - 1)
+            .map_err(AdminError::Unavailable)
     }
 
     /// A consistent copy of the whole state, for a snapshot. Holds every lock
@@ -487,19 +590,11 @@ impl Dispenser {
         let covered_seq = self.wal.next_seq() - 1;
         Checkpoint {
             covered_seq,
-            campaigns: catalog
-                .campaigns()
-                .map(|c| CampaignSpec {
-                    campaign_id: c.campaign_id.clone(),
-                    name: c.name.clone(),
-                })
-                .collect(),
+            campaigns: catalog.campaigns().cloned().collect(),
             tranches: books
                 .iter()
                 .map(|book| TrancheCapture {
-                    ordinal: book.ordinal(),
-                    spec: book.spec().clone(),
-                    paused: book.is_paused(),
+                    log: book.share_log(),
                     vouchers: book.share_vouchers(),
                 })
                 .collect(),
@@ -523,12 +618,13 @@ impl Dispenser {
         self.catalog.read().tranche(tranche_id).cloned()
     }
 
-    fn append(&self, event: &Event) -> Result<Durability, AdminError> {
+    fn append(&self, event: &Event) -> Result<(u64, Durability), AdminError> {
         let (tx, rx) = oneshot::channel();
-        self.wal
+        let seq = self
+            .wal
             .append(journal::kind_of(event), journal::encode(event), tx)
             .map_err(AdminError::Unavailable)?;
-        Ok(Durability::Wait(rx))
+        Ok((seq, Durability::Wait(rx)))
     }
 
     /// Ready if the WAL is durable through `seq`, else a barrier to wait on.
@@ -541,9 +637,20 @@ impl Dispenser {
         Ok(Durability::Wait(rx))
     }
 
-    fn voucher_view(&self, book: &TrancheBook, voucher: &Voucher) -> VoucherView {
+    fn voucher_view(&self, book: &TrancheBook, index: u32, now: UnixMillis) -> VoucherView {
         let spec = book.spec();
+        let voucher = book.voucher(index);
+        let status = book.voucher_status(index);
         VoucherView {
+            state: book.voucher_state(index, now),
+            redemption: status.redemption.map(|r| RedemptionId {
+                tranche_ordinal: book.ordinal(),
+                random: book.redemption(r).event.redemption_random,
+            }),
+            revocation: status.revocation.map(|c| {
+                let case = book.revocation(c);
+                (case.reason.clone(), case.case_id.clone())
+            }),
             id: voucher.id,
             tranche_id: spec.tranche_id.clone(),
             campaign_id: spec.campaign_id.clone(),

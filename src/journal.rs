@@ -6,6 +6,10 @@
 //! library. Decoding never panics: every read is bounds-checked and every
 //! length is limited, because the bytes come from disk.
 
+use crate::core::event::{
+    PoolDrawn, RedemptionRefunded, RefundPolicy, Rollover, Settlement, VoucherRedeemed,
+    VouchersRevoked,
+};
 use crate::core::{
     CampaignSpec, CountyCode, Crs, Event, Location, TrancheControl, TrancheSpec, UnixMillis,
     VoucherClaimed,
@@ -16,6 +20,16 @@ pub const KIND_CAMPAIGN_DEFINED: u8 = 1;
 pub const KIND_TRANCHE_DEFINED: u8 = 2;
 pub const KIND_TRANCHE_CONTROLLED: u8 = 3;
 pub const KIND_VOUCHER_CLAIMED: u8 = 4;
+// Kinds 5 and 6 belong to the merchant registry.
+pub const KIND_VOUCHER_REDEEMED: u8 = 7;
+pub const KIND_REDEMPTION_REFUNDED: u8 = 8;
+pub const KIND_TRANCHE_SETTLED: u8 = 9;
+pub const KIND_VOUCHERS_REVOKED: u8 = 10;
+pub const KIND_POOL_DRAWN: u8 = 11;
+/// Most vouchers one revocation record names.
+pub const MAX_VOUCHERS_PER_REVOCATION_RECORD: usize = 2_048;
+/// Most industries in one tranche record.
+pub const MAX_INDUSTRIES_PER_RECORD: usize = 64;
 
 /// Longest string field in any record.
 pub const MAX_FIELD_BYTES: usize = 1_024;
@@ -45,6 +59,11 @@ pub fn kind_of(event: &Event) -> u8 {
         Event::TrancheDefined { .. } => KIND_TRANCHE_DEFINED,
         Event::TrancheControlled { .. } => KIND_TRANCHE_CONTROLLED,
         Event::VoucherClaimed(_) => KIND_VOUCHER_CLAIMED,
+        Event::VoucherRedeemed(_) => KIND_VOUCHER_REDEEMED,
+        Event::RedemptionRefunded(_) => KIND_REDEMPTION_REFUNDED,
+        Event::TrancheSettled { .. } => KIND_TRANCHE_SETTLED,
+        Event::VouchersRevoked(_) => KIND_VOUCHERS_REVOKED,
+        Event::PoolDrawn(_) => KIND_POOL_DRAWN,
     }
 }
 
@@ -54,6 +73,16 @@ pub fn encode(event: &Event) -> Vec<u8> {
         Event::CampaignDefined(c) => {
             w.str(&c.campaign_id);
             w.str(&c.name);
+            w.u64(c.budget_fen);
+            w.u8(match c.refund_policy {
+                RefundPolicy::RestoreIfValid => 1,
+                RefundPolicy::Prorata => 2,
+                RefundPolicy::NoRestore => 3,
+            });
+            w.u8(match c.rollover {
+                Rollover::None => 1,
+                Rollover::NextTranche => 2,
+            });
         }
         Event::TrancheDefined { ordinal, spec } => {
             w.u32(*ordinal);
@@ -69,6 +98,11 @@ pub fn encode(event: &Event) -> Vec<u8> {
                 w.u32(county.0);
                 w.u32(*quota);
             }
+            w.u8(u8::from(spec.redeem_anywhere_in_city));
+            w.u32(u32::try_from(spec.industries.len()).expect("validated industry count"));
+            for industry in &spec.industries {
+                w.str(industry);
+            }
         }
         Event::TrancheControlled {
             tranche_id,
@@ -83,6 +117,67 @@ pub fn encode(event: &Event) -> Vec<u8> {
             w.i64(at.0);
         }
         Event::VoucherClaimed(v) => write_claim(&mut w, v),
+        Event::VoucherRedeemed(r) => {
+            w.str(&r.tranche_id);
+            w.u64(r.voucher_random);
+            w.u64(r.redemption_random);
+            w.str(&r.merchant_id);
+            w.str(&r.order_id);
+            w.u64(r.order_amount_fen);
+            w.u64(r.discount_fen);
+            match r.code_step {
+                None => w.u8(0),
+                Some(step) => {
+                    w.u8(1);
+                    w.u64(step);
+                }
+            }
+            w.i64(r.at.0);
+        }
+        Event::RedemptionRefunded(r) => {
+            w.str(&r.tranche_id);
+            w.u64(r.redemption_random);
+            w.str(&r.refund_id);
+            w.u64(r.amount_fen);
+            w.u64(r.returned_fen);
+            w.u8(u8::from(r.restored));
+            w.i64(r.at.0);
+        }
+        Event::TrancheSettled {
+            tranche_id,
+            settlement,
+            at,
+        } => {
+            w.str(tranche_id);
+            w.u8(match settlement {
+                Settlement::Closed => 1,
+                Settlement::Expired => 2,
+            });
+            w.i64(at.0);
+        }
+        Event::VouchersRevoked(r) => {
+            w.str(&r.tranche_id);
+            for list in [&r.revoked, &r.flagged] {
+                w.u32(u32::try_from(list.len()).expect("bounded revocation"));
+                for random in list {
+                    w.u64(*random);
+                }
+            }
+            w.str(&r.reason);
+            w.str(&r.case_id);
+            w.i64(r.at.0);
+        }
+        Event::PoolDrawn(p) => {
+            w.str(&p.tranche_id);
+            w.u32(u32::try_from(p.added.len()).expect("bounded counties"));
+            for (county, n) in &p.added {
+                w.u32(county.0);
+                w.u32(*n);
+            }
+            w.u64(p.amount_fen);
+            w.u8(u8::from(p.rollover));
+            w.i64(p.at.0);
+        }
     }
     w.0
 }
@@ -119,6 +214,18 @@ pub fn decode(kind: u8, payload: &[u8]) -> Result<Event, DecodeError> {
         KIND_CAMPAIGN_DEFINED => Event::CampaignDefined(CampaignSpec {
             campaign_id: r.str("campaign_id")?,
             name: r.str("name")?,
+            budget_fen: r.u64("budget_fen")?,
+            refund_policy: match r.u8("refund_policy")? {
+                1 => RefundPolicy::RestoreIfValid,
+                2 => RefundPolicy::Prorata,
+                3 => RefundPolicy::NoRestore,
+                other => return Err(DecodeError::BadValue("refund_policy", u64::from(other))),
+            },
+            rollover: match r.u8("rollover")? {
+                1 => Rollover::None,
+                2 => Rollover::NextTranche,
+                other => return Err(DecodeError::BadValue("rollover", u64::from(other))),
+            },
         }),
         KIND_TRANCHE_DEFINED => {
             let ordinal = r.u32("ordinal")?;
@@ -137,6 +244,18 @@ pub fn decode(kind: u8, payload: &[u8]) -> Result<Event, DecodeError> {
             for _ in 0..count {
                 quotas.push((CountyCode(r.u32("county")?), r.u32("quota")?));
             }
+            let redeem_anywhere_in_city = r.bool("redeem_anywhere_in_city")?;
+            let industry_count = r.u32("industry_count")? as usize;
+            if industry_count > MAX_INDUSTRIES_PER_RECORD {
+                return Err(DecodeError::BadValue(
+                    "industry_count",
+                    industry_count as u64,
+                ));
+            }
+            let mut industries = Vec::with_capacity(industry_count);
+            for _ in 0..industry_count {
+                industries.push(r.str("industry")?);
+            }
             Event::TrancheDefined {
                 ordinal,
                 spec: TrancheSpec {
@@ -148,6 +267,8 @@ pub fn decode(kind: u8, payload: &[u8]) -> Result<Event, DecodeError> {
                     face_value_fen,
                     threshold_fen,
                     quotas,
+                    redeem_anywhere_in_city,
+                    industries,
                 },
             }
         }
@@ -165,6 +286,70 @@ pub fn decode(kind: u8, payload: &[u8]) -> Result<Event, DecodeError> {
             }
         }
         KIND_VOUCHER_CLAIMED => Event::VoucherClaimed(decode_claim(&mut r)?),
+        KIND_VOUCHER_REDEEMED => Event::VoucherRedeemed(VoucherRedeemed {
+            tranche_id: r.str("tranche_id")?,
+            voucher_random: r.u64("voucher_random")?,
+            redemption_random: r.u64("redemption_random")?,
+            merchant_id: r.str("merchant_id")?,
+            order_id: r.str("order_id")?,
+            order_amount_fen: r.u64("order_amount_fen")?,
+            discount_fen: r.u64("discount_fen")?,
+            code_step: match r.u8("code_step")? {
+                0 => None,
+                1 => Some(r.u64("code_step")?),
+                other => return Err(DecodeError::BadValue("code_step", u64::from(other))),
+            },
+            at: UnixMillis(r.i64("at")?),
+        }),
+        KIND_REDEMPTION_REFUNDED => Event::RedemptionRefunded(RedemptionRefunded {
+            tranche_id: r.str("tranche_id")?,
+            redemption_random: r.u64("redemption_random")?,
+            refund_id: r.str("refund_id")?,
+            amount_fen: r.u64("amount_fen")?,
+            returned_fen: r.u64("returned_fen")?,
+            restored: r.bool("restored")?,
+            at: UnixMillis(r.i64("at")?),
+        }),
+        KIND_TRANCHE_SETTLED => Event::TrancheSettled {
+            tranche_id: r.str("tranche_id")?,
+            settlement: match r.u8("settlement")? {
+                1 => Settlement::Closed,
+                2 => Settlement::Expired,
+                other => return Err(DecodeError::BadValue("settlement", u64::from(other))),
+            },
+            at: UnixMillis(r.i64("at")?),
+        },
+        KIND_VOUCHERS_REVOKED => {
+            let tranche_id = r.str("tranche_id")?;
+            let revoked = r.u64_list("revoked", MAX_VOUCHERS_PER_REVOCATION_RECORD)?;
+            let flagged = r.u64_list("flagged", MAX_VOUCHERS_PER_REVOCATION_RECORD)?;
+            Event::VouchersRevoked(VouchersRevoked {
+                tranche_id,
+                revoked,
+                flagged,
+                reason: r.str("reason")?,
+                case_id: r.str("case_id")?,
+                at: UnixMillis(r.i64("at")?),
+            })
+        }
+        KIND_POOL_DRAWN => {
+            let tranche_id = r.str("tranche_id")?;
+            let count = r.u32("county_count")? as usize;
+            if count > MAX_QUOTAS_PER_RECORD {
+                return Err(DecodeError::BadValue("county_count", count as u64));
+            }
+            let mut added = Vec::with_capacity(count);
+            for _ in 0..count {
+                added.push((CountyCode(r.u32("county")?), r.u32("added")?));
+            }
+            Event::PoolDrawn(PoolDrawn {
+                tranche_id,
+                added,
+                amount_fen: r.u64("amount_fen")?,
+                rollover: r.bool("rollover")?,
+                at: UnixMillis(r.i64("at")?),
+            })
+        }
         other => return Err(DecodeError::UnknownKind(other)),
     };
     if !r.0.is_empty() {
@@ -274,6 +459,20 @@ impl<'a> Reader<'a> {
         let bytes = self.take(len, field)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::NotUtf8(field))
     }
+    fn bool(&mut self, field: &'static str) -> Result<bool, DecodeError> {
+        match self.u8(field)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(DecodeError::BadValue(field, u64::from(other))),
+        }
+    }
+    fn u64_list(&mut self, field: &'static str, max: usize) -> Result<Vec<u64>, DecodeError> {
+        let count = self.u32(field)? as usize;
+        if count > max {
+            return Err(DecodeError::BadValue(field, count as u64));
+        }
+        (0..count).map(|_| self.u64(field)).collect()
+    }
     fn opt_str(&mut self, field: &'static str) -> Result<Option<String>, DecodeError> {
         match self.u8(field)? {
             0 => Ok(None),
@@ -292,6 +491,9 @@ mod tests {
             Event::CampaignDefined(CampaignSpec {
                 campaign_id: "yc-2026".into(),
                 name: "宜昌消费券".into(),
+                budget_fen: 100_000_000,
+                refund_policy: RefundPolicy::Prorata,
+                rollover: Rollover::NextTranche,
             }),
             Event::TrancheDefined {
                 ordinal: 3,
@@ -304,6 +506,8 @@ mod tests {
                     face_value_fen: 2_000,
                     threshold_fen: 10_000,
                     quotas: vec![(CountyCode(420502), 10), (CountyCode(420503), 0)],
+                    redeem_anywhere_in_city: true,
+                    industries: vec!["零售".into(), "餐饮".into()],
                 },
             },
             Event::TrancheControlled {
@@ -327,6 +531,46 @@ mod tests {
                     lat: 30.7,
                     crs: Crs::Wgs84,
                 },
+            }),
+            Event::VoucherRedeemed(VoucherRedeemed {
+                tranche_id: "t-1".into(),
+                voucher_random: 7,
+                redemption_random: 9,
+                merchant_id: "m-1".into(),
+                order_id: "o-1".into(),
+                order_amount_fen: 12_000,
+                discount_fen: 2_000,
+                code_step: Some(60_000_001),
+                at: UnixMillis(5),
+            }),
+            Event::RedemptionRefunded(RedemptionRefunded {
+                tranche_id: "t-1".into(),
+                redemption_random: 9,
+                refund_id: "f-1".into(),
+                amount_fen: 6_000,
+                returned_fen: 1_000,
+                restored: false,
+                at: UnixMillis(6),
+            }),
+            Event::TrancheSettled {
+                tranche_id: "t-1".into(),
+                settlement: Settlement::Expired,
+                at: UnixMillis(7),
+            },
+            Event::VouchersRevoked(VouchersRevoked {
+                tranche_id: "t-1".into(),
+                revoked: vec![1, 2, 3],
+                flagged: vec![u64::MAX],
+                reason: "外挂抢券".into(),
+                case_id: "case-2026-001".into(),
+                at: UnixMillis(8),
+            }),
+            Event::PoolDrawn(PoolDrawn {
+                tranche_id: "t-1".into(),
+                added: vec![(CountyCode(420502), 3)],
+                amount_fen: 6_000,
+                rollover: true,
+                at: UnixMillis(9),
             }),
         ]
     }

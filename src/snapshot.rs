@@ -1,8 +1,9 @@
 //! Checkpoints: the full state written to one checksummed file, so a restart
 //! loads it and replays only the WAL records after it.
 //!
-//! A snapshot is a compacted journal: the campaigns, each tranche's current
-//! definition (and pause), and every voucher's claim event, encoded with the
+//! A snapshot is a compacted journal: the campaigns' current definitions, then
+//! each tranche's own event log (definition, pauses, claims, redemptions,
+//! refunds, settlements, revocations, pool draws) in order, encoded with the
 //! same codec as WAL records and applied through the same `Recovered::apply`
 //! on load. Nothing new can drift between "state from a snapshot" and "state
 //! from the WAL".
@@ -31,7 +32,8 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::core::append_log::SharedLog;
-use crate::core::{CampaignSpec, Event, TrancheControl, TrancheSpec, UnixMillis, Voucher};
+use crate::core::tranche::LogEntry;
+use crate::core::{CampaignSpec, Event, UnixMillis, Voucher};
 use crate::dispenser::{Recovered, ReplayError};
 use crate::journal;
 
@@ -56,10 +58,9 @@ pub struct Checkpoint {
     pub tranches: Vec<TrancheCapture>,
 }
 
+/// One tranche's own event log and vouchers, shared from the live book.
 pub struct TrancheCapture {
-    pub ordinal: u32,
-    pub spec: TrancheSpec,
-    pub paused: bool,
+    pub log: SharedLog<LogEntry>,
     pub vouchers: SharedLog<Voucher>,
 }
 
@@ -166,30 +167,24 @@ fn write_body(out: &mut impl Write, checkpoint: &Checkpoint) -> std::io::Result<
             &Event::CampaignDefined(campaign.clone()),
         )?;
     }
+    // Each tranche's log starts with its definition, so writing tranches in
+    // ordinal order keeps ordinals dense on load.
     for tranche in &checkpoint.tranches {
-        state.event(
-            checkpoint.covered_seq,
-            &Event::TrancheDefined {
-                ordinal: tranche.ordinal,
-                spec: tranche.spec.clone(),
-            },
-        )?;
-        if tranche.paused {
-            state.event(
-                checkpoint.covered_seq,
-                &Event::TrancheControlled {
-                    tranche_id: tranche.spec.tranche_id.clone(),
-                    control: TrancheControl::Pause,
-                    at: UnixMillis(0),
-                },
-            )?;
-        }
-        for voucher in tranche.vouchers.iter() {
-            state.record(
-                journal::KIND_VOUCHER_CLAIMED,
-                voucher.seq,
-                &journal::encode_claim(&voucher.claim),
-            )?;
+        for entry in tranche.log.iter() {
+            match entry {
+                LogEntry::Claim { voucher_index } => {
+                    let voucher = tranche
+                        .vouchers
+                        .get(*voucher_index as usize)
+                        .expect("logged voucher exists");
+                    state.record(
+                        journal::KIND_VOUCHER_CLAIMED,
+                        voucher.seq,
+                        &journal::encode_claim(&voucher.claim),
+                    )?;
+                }
+                LogEntry::Event { seq, event } => state.event(*seq, event)?,
+            }
         }
     }
     Ok((state.records, state.bytes, state.crc))

@@ -174,12 +174,14 @@ fn spec(quotas: &[u32; 3]) -> TrancheSpec {
             .map(CountyCode)
             .zip(quotas.iter().copied())
             .collect(),
+        redeem_anywhere_in_city: false,
+        industries: Vec::new(),
     }
 }
 
 fn run(quotas: [u32; 3], ops: Vec<Op>, entropy_seed: u64) {
     let key = DigestKey::new(11, 22);
-    let mut book = TrancheBook::new(0, spec(&quotas), key);
+    let mut book = TrancheBook::new(0, spec(&quotas), key, 0);
     let mut model = Model {
         quotas: COUNTIES
             .iter()
@@ -198,7 +200,14 @@ fn run(quotas: [u32; 3], ops: Vec<Op>, entropy_seed: u64) {
         let seq = seq as u64 + 1;
         match op {
             Op::Control(control) => {
-                book.apply_control(*control);
+                book.apply_event(
+                    std::sync::Arc::new(voucherd::core::Event::TrancheControlled {
+                        tranche_id: "t1".into(),
+                        control: *control,
+                        at: UnixMillis(0),
+                    }),
+                    seq,
+                );
                 model.paused = *control == TrancheControl::Pause;
                 log.push(Op::Control(*control));
             }
@@ -278,7 +287,7 @@ proptest! {
 #[test]
 fn replay_rebuilds_identical_state() {
     let key = DigestKey::new(1, 2);
-    let mut live = TrancheBook::new(0, spec(&[5, 5, 5]), key);
+    let mut live = TrancheBook::new(0, spec(&[5, 5, 5]), key, 0);
     let mut events = Vec::new();
     for i in 0..40u32 {
         let user = format!("u{}", i % 25);
@@ -309,7 +318,7 @@ fn replay_rebuilds_identical_state() {
     }
     assert_eq!(events.len(), 15, "three counties of five");
     // A different process has a different digest key; state must not depend on it.
-    let mut replayed = TrancheBook::new(0, spec(&[5, 5, 5]), DigestKey::new(9, 9));
+    let mut replayed = TrancheBook::new(0, spec(&[5, 5, 5]), DigestKey::new(9, 9), 0);
     for (seq, event) in events {
         replayed.replay_claim(event, seq);
     }

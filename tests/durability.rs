@@ -145,7 +145,10 @@ fn sigterm_drains_and_restarts_cleanly() {
     assert_eq!(admin.post_admin("/admin/v1/tranches/t1/pause").status, 200);
     assert_eq!(
         admin
-            .put_admin("/admin/v1/campaigns/c9", &json!({"name": "九"}))
+            .put_admin(
+                "/admin/v1/campaigns/c9",
+                &json!({"name": "九", "budget_fen": 1000000})
+            )
             .status,
         201
     );
@@ -165,7 +168,10 @@ fn sigterm_drains_and_restarts_cleanly() {
     let mut admin = daemon.admin_client();
     assert_eq!(admin.post_admin("/admin/v1/tranches/t1/resume").status, 200);
     check_all_present(&daemon, "t1", &acked);
-    let r = admin.put_admin("/admin/v1/campaigns/c9", &json!({"name": "九"}));
+    let r = admin.put_admin(
+        "/admin/v1/campaigns/c9",
+        &json!({"name": "九", "budget_fen": 1000000}),
+    );
     assert_eq!(
         (r.status, r.json()["outcome"].clone()),
         (200, json!("unchanged")),

@@ -407,7 +407,10 @@ fn admin_requires_the_bearer_token() {
         (422, json!("campaign_id"))
     );
     // Campaigns can be created through the API too.
-    let r = a.put_admin("/admin/v1/campaigns/c2", &json!({"name": "second"}));
+    let r = a.put_admin(
+        "/admin/v1/campaigns/c2",
+        &json!({"name": "second", "budget_fen": 100000000}),
+    );
     assert_eq!(r.status, 201, "{}", r.text());
     no_campaign["campaign_id"] = json!("c2");
     assert_eq!(

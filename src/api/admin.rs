@@ -9,7 +9,11 @@ use super::wire::{
     CampaignBody, CampaignBodyOut, FieldError, OutcomeBody, TrancheBody, TrancheBodyOut, parse_json,
 };
 use crate::core::catalog::{check_campaign_name, check_object_id};
+use crate::core::event::{RefundPolicy, Rollover};
 use crate::core::{CampaignSpec, CountyCode, TrancheControl, TrancheSpec};
+
+/// Largest campaign budget accepted: ten billion yuan.
+pub const MAX_CAMPAIGN_BUDGET_FEN: u64 = 1_000_000_000_000;
 use crate::dispenser::{AdminError, Defined, Dispenser, Durability};
 use crate::wire_time::parse_rfc3339;
 
@@ -20,19 +24,41 @@ pub async fn put_campaign(app: &App, campaign_id: &str, body: &[u8]) -> Reply {
     let parsed = parse_json::<CampaignBody>(body).and_then(|b| {
         check_object_id(campaign_id).map_err(|r| FieldError::new("campaign_id", r))?;
         check_campaign_name(&b.name).map_err(|r| FieldError::new("name", r))?;
+        if b.budget_fen > MAX_CAMPAIGN_BUDGET_FEN {
+            return Err(FieldError::new(
+                "budget_fen",
+                format!("must be at most {MAX_CAMPAIGN_BUDGET_FEN}"),
+            ));
+        }
+        let refund_policy = match b.refund_policy.as_deref() {
+            None | Some("restore_if_valid") => RefundPolicy::RestoreIfValid,
+            Some("prorata") => RefundPolicy::Prorata,
+            Some("no_restore") => RefundPolicy::NoRestore,
+            Some(_) => {
+                return Err(FieldError::new(
+                    "refund_policy",
+                    "must be restore_if_valid, prorata or no_restore",
+                ));
+            }
+        };
+        let rollover = match b.rollover.as_deref() {
+            None | Some("none") => Rollover::None,
+            Some("next_tranche") => Rollover::NextTranche,
+            Some(_) => return Err(FieldError::new("rollover", "must be none or next_tranche")),
+        };
         Ok(CampaignSpec {
             campaign_id: campaign_id.to_owned(),
             name: b.name,
+            budget_fen: b.budget_fen,
+            refund_policy,
+            rollover,
         })
     });
     let spec = match parsed {
         Ok(spec) => spec,
         Err(e) => return invalid(StatusCode::BAD_REQUEST, "invalid_request", vec![e]),
     };
-    let out = CampaignBodyOut {
-        campaign_id: spec.campaign_id.clone(),
-        name: spec.name.clone(),
-    };
+    let out = CampaignBodyOut::from_spec(&spec);
     match dispenser.define_campaign(spec) {
         Ok((defined, durability)) => {
             let mut body = defined_body(defined);
@@ -137,6 +163,8 @@ fn tranche_spec(
         face_value_fen: body.face_value_fen,
         threshold_fen: body.threshold_fen,
         quotas,
+        redeem_anywhere_in_city: body.redeem_anywhere_in_city,
+        industries: crate::config::sorted_unique(body.industries),
     };
     if let Err(spec_errors) = spec.validate() {
         errors.extend(
@@ -179,7 +207,7 @@ fn invalid(status: StatusCode, outcome: &'static str, errors: Vec<FieldError>) -
     json(status, &body)
 }
 
-fn admin_error(app: &App, error: AdminError) -> Reply {
+pub(super) fn admin_error(app: &App, error: AdminError) -> Reply {
     let (status, outcome, field) = match error {
         AdminError::UnknownCampaign => (
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -202,6 +230,48 @@ fn admin_error(app: &App, error: AdminError) -> Reply {
         ),
         AdminError::AlreadyOpened => (StatusCode::CONFLICT, "already_opened", None),
         AdminError::Closed => (StatusCode::CONFLICT, "closed", None),
+        AdminError::BudgetExceeded {
+            available_fen,
+            needed_fen,
+        } => {
+            let mut body = OutcomeBody::outcome("budget_exceeded");
+            body.error = Some(FieldError::new(
+                "quotas",
+                format!(
+                    "the vouchers are worth {needed_fen} fen; the campaign has {available_fen} fen unreleased"
+                ),
+            ));
+            return json(StatusCode::UNPROCESSABLE_ENTITY, &body);
+        }
+        AdminError::BudgetBelowReleased { released_fen } => {
+            let mut body = OutcomeBody::outcome("invalid_campaign");
+            body.error = Some(FieldError::new(
+                "budget_fen",
+                format!("must be at least the {released_fen} fen its tranches already released"),
+            ));
+            return json(StatusCode::UNPROCESSABLE_ENTITY, &body);
+        }
+        AdminError::PoolTooSmall {
+            pool_fen,
+            needed_fen,
+        } => {
+            let mut body = OutcomeBody::outcome("pool_too_small");
+            body.error = Some(FieldError::new(
+                "vouchers",
+                format!("the draw needs {needed_fen} fen; the pool holds {pool_fen} fen"),
+            ));
+            return json(StatusCode::CONFLICT, &body);
+        }
+        AdminError::NothingToDraw => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "nothing_to_draw",
+            Some(("vouchers", "the draw adds no vouchers")),
+        ),
+        AdminError::CountyNotInTranche => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            Some(("quotas", "a county the tranche has no quota for")),
+        ),
         AdminError::Unavailable(crate::wal::AppendError::QueueFull { .. }) => {
             return super::overloaded();
         }

@@ -95,7 +95,7 @@ async fn decide(app: &App, body: &[u8]) -> (Label, Reply) {
         Label::AlreadyClaimed => "already_claimed",
         _ => "claimed",
     });
-    out.voucher = Some(VoucherBody::from_view(&view, now));
+    out.voucher = Some(VoucherBody::from_view(&view));
     if label == Label::Replayed {
         out.replayed = Some(true);
     }

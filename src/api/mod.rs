@@ -7,6 +7,7 @@
 
 mod admin;
 mod claims;
+mod lifecycle;
 pub use claims::{ValidClaim, parse_claim};
 mod public;
 mod respond;
@@ -30,7 +31,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use crate::config::{AdminToken, ServerConfig};
+use crate::config::{AdminToken, CodeSecret, ServerConfig};
 use crate::core::{TrancheControl, UnixMillis};
 use crate::dispenser::Dispenser;
 use crate::telemetry::{ClaimOutcomeLabel, Telemetry};
@@ -66,6 +67,7 @@ pub struct App {
     admin_connections: Arc<Semaphore>,
     pub telemetry: Telemetry,
     admin_token: AdminToken,
+    code_secret: CodeSecret,
     limits: ServerConfig,
     clock: fn() -> UnixMillis,
 }
@@ -74,6 +76,7 @@ impl App {
     pub fn new(
         limits: ServerConfig,
         admin_token: AdminToken,
+        code_secret: CodeSecret,
         telemetry: Telemetry,
         clock: fn() -> UnixMillis,
     ) -> App {
@@ -85,6 +88,7 @@ impl App {
             admin_connections: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
             telemetry,
             admin_token,
+            code_secret,
             limits,
             clock,
         }
@@ -250,6 +254,15 @@ async fn route_public(
         },
         (&Method::GET, ["v1", "tranches", id]) => public::tranche(app, id),
         (&Method::GET, ["v1", "vouchers", id]) => public::voucher(app, id).await,
+        (&Method::GET, ["v1", "vouchers", id, "code"]) => lifecycle::code(app, id).await,
+        (&Method::GET, ["v1", "redemptions", id]) => lifecycle::redemption(app, id).await,
+        (&Method::POST, ["v1", "redemptions", id, "refund"]) => {
+            let id = id.to_string();
+            match read_body(app, request).await {
+                Ok(body) => lifecycle::refund(app, &id, &body).await,
+                Err(reply) => reply,
+            }
+        }
         (&Method::GET, ["metrics"]) => public::metrics(app),
         (&Method::GET, ["livez"]) => public::livez(),
         (&Method::GET, ["readyz"]) => public::readyz(app),
@@ -258,6 +271,8 @@ async fn route_public(
             ["v1", "claims"]
             | ["v1", "tranches", _]
             | ["v1", "vouchers", _]
+            | ["v1", "vouchers", _, "code"]
+            | ["v1", "redemptions", ..]
             | ["metrics"]
             | ["livez"]
             | ["readyz"],
@@ -294,9 +309,28 @@ async fn route_admin(
         (&Method::POST, ["admin", "v1", "tranches", id, "resume"]) => {
             admin::control(app, id, TrancheControl::Resume).await
         }
-        (_, ["admin", "v1", "campaigns", _] | ["admin", "v1", "tranches", ..]) => {
-            method_not_allowed()
+        (&Method::POST, ["admin", "v1", "tranches", id, "draw"]) => {
+            let id = id.to_string();
+            match read_body(app, request).await {
+                Ok(body) => lifecycle::draw(app, &id, &body).await,
+                Err(reply) => reply,
+            }
         }
+        (&Method::GET, ["admin", "v1", "campaigns", id, "ledger"]) => {
+            lifecycle::ledger(app, id).await
+        }
+        (&Method::POST, ["admin", "v1", "vouchers:revoke"]) => {
+            match read_body(app, request).await {
+                Ok(body) => lifecycle::revoke(app, &body).await,
+                Err(reply) => reply,
+            }
+        }
+        (
+            _,
+            ["admin", "v1", "campaigns", ..]
+            | ["admin", "v1", "tranches", ..]
+            | ["admin", "v1", "vouchers:revoke"],
+        ) => method_not_allowed(),
         _ => not_found(),
     }
 }

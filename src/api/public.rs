@@ -40,15 +40,14 @@ pub async fn voucher(app: &App, id: &str) -> Reply {
     let Some(id) = VoucherId::parse(id) else {
         return not_found();
     };
-    let Some((view, durability)) = dispenser.voucher(id) else {
+    let Some((view, durability)) = dispenser.voucher(id, app.now()) else {
         return not_found();
     };
     if !durability.wait().await {
         return super::unavailable(app);
     }
-    let now = app.now();
     let mut body = OutcomeBody::outcome("found");
-    body.voucher = Some(VoucherBody::from_view(&view, now));
+    body.voucher = Some(VoucherBody::from_view(&view));
     json(StatusCode::OK, &body)
 }
 

@@ -9,8 +9,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::UnixMillis;
-use crate::dispenser::{CountyView, TrancheView, VoucherView};
+use crate::core::event::{RefundPolicy, Rollover};
+use crate::core::lifecycle::{Ledger, RefundRecord};
+use crate::core::{CampaignSpec, UnixMillis};
+use crate::dispenser::{CountyView, RedemptionView, RevokeReport, TrancheView, VoucherView};
 use crate::wire_time::format_beijing;
 
 /// A field that is missing, ill-typed or out of range, and why.
@@ -102,12 +104,69 @@ pub struct TrancheBody {
     #[serde(default)]
     pub threshold_fen: u64,
     pub quotas: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub redeem_anywhere_in_city: bool,
+    #[serde(default)]
+    pub industries: Vec<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignBody {
     pub name: String,
+    pub budget_fen: u64,
+    #[serde(default)]
+    pub refund_policy: Option<String>,
+    #[serde(default)]
+    pub rollover: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedemptionBody {
+    pub voucher_id: Option<String>,
+    pub code: Option<String>,
+    pub merchant_id: String,
+    pub order_id: String,
+    pub order_amount_fen: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundBody {
+    pub amount_fen: u64,
+    pub refund_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    #[serde(default)]
+    pub voucher_ids: Vec<String>,
+    #[serde(default)]
+    pub identity: RevokeIdentityBody,
+    pub reason: String,
+    pub case_id: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeIdentityBody {
+    #[serde(default)]
+    pub user_ids: Vec<String>,
+    #[serde(default)]
+    pub id_hashes: Vec<String>,
+    #[serde(default)]
+    pub phone_hashes: Vec<String>,
+    #[serde(default)]
+    pub device_ids: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrawBody {
+    pub vouchers: Option<u64>,
+    pub quotas: Option<BTreeMap<String, u32>>,
 }
 
 /// Every answer has `outcome`; the other fields appear when they apply.
@@ -134,6 +193,20 @@ pub struct OutcomeBody {
     pub errors: Option<Vec<FieldError>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redemption: Option<RedemptionBodyOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refund: Option<RefundBodyOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ledger: Option<LedgerBodyOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<RevokeReportOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<CodeBodyOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub minimum_order_fen: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refundable_fen: Option<u64>,
 }
 
 impl OutcomeBody {
@@ -157,11 +230,29 @@ pub struct VoucherBody {
     pub claimed_at: String,
     pub expires_at: String,
     pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redemption_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<RevocationOut>,
+}
+
+#[derive(Serialize)]
+pub struct RevocationOut {
+    pub reason: String,
+    pub case_id: String,
 }
 
 impl VoucherBody {
-    pub fn from_view(view: &VoucherView, now: UnixMillis) -> VoucherBody {
+    pub fn from_view(view: &VoucherView) -> VoucherBody {
         VoucherBody {
+            redemption_id: view.redemption.map(|r| r.encode()),
+            revocation: view
+                .revocation
+                .as_ref()
+                .map(|(reason, case_id)| RevocationOut {
+                    reason: reason.clone(),
+                    case_id: case_id.clone(),
+                }),
             id: view.id.encode(),
             tranche_id: view.tranche_id.clone(),
             campaign_id: view.campaign_id.clone(),
@@ -171,7 +262,7 @@ impl VoucherBody {
             threshold_fen: view.threshold_fen,
             claimed_at: format_beijing(view.claimed_at),
             expires_at: format_beijing(view.expires_at),
-            state: view.state(now),
+            state: view.state.as_str(),
         }
     }
 }
@@ -235,6 +326,144 @@ fn county_body(c: &CountyView) -> CountyBodyOut {
 pub struct CampaignBodyOut {
     pub campaign_id: String,
     pub name: String,
+    pub budget_fen: u64,
+    pub refund_policy: &'static str,
+    pub rollover: &'static str,
+}
+
+impl CampaignBodyOut {
+    pub fn from_spec(spec: &CampaignSpec) -> CampaignBodyOut {
+        CampaignBodyOut {
+            campaign_id: spec.campaign_id.clone(),
+            name: spec.name.clone(),
+            budget_fen: spec.budget_fen,
+            refund_policy: match spec.refund_policy {
+                RefundPolicy::RestoreIfValid => "restore_if_valid",
+                RefundPolicy::Prorata => "prorata",
+                RefundPolicy::NoRestore => "no_restore",
+            },
+            rollover: match spec.rollover {
+                Rollover::None => "none",
+                Rollover::NextTranche => "next_tranche",
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct RedemptionBodyOut {
+    pub id: String,
+    pub voucher_id: String,
+    pub tranche_id: String,
+    pub merchant_id: String,
+    pub order_id: String,
+    pub order_amount_fen: u64,
+    pub discount_fen: u64,
+    pub payable_fen: u64,
+    pub redeemed_at: String,
+    pub refunded_fen: u64,
+    pub returned_to_pool_fen: u64,
+    pub refunds: Vec<RefundBodyOut>,
+}
+
+#[derive(Serialize)]
+pub struct RefundBodyOut {
+    pub refund_id: String,
+    pub amount_fen: u64,
+    pub returned_to_pool_fen: u64,
+    pub voucher_restored: bool,
+    pub refunded_at: String,
+}
+
+impl RefundBodyOut {
+    pub fn from_record(r: &RefundRecord) -> RefundBodyOut {
+        RefundBodyOut {
+            refund_id: r.refund_id.to_string(),
+            amount_fen: r.amount_fen,
+            returned_to_pool_fen: r.returned_fen,
+            voucher_restored: r.restored,
+            refunded_at: format_beijing(r.at),
+        }
+    }
+}
+
+impl RedemptionBodyOut {
+    pub fn from_view(v: &RedemptionView) -> RedemptionBodyOut {
+        RedemptionBodyOut {
+            id: v.id.encode(),
+            voucher_id: v.voucher_id.encode(),
+            tranche_id: v.tranche_id.clone(),
+            merchant_id: v.merchant_id.clone(),
+            order_id: v.order_id.clone(),
+            order_amount_fen: v.order_amount_fen,
+            discount_fen: v.discount_fen,
+            payable_fen: v.payable_fen,
+            redeemed_at: format_beijing(v.redeemed_at),
+            refunded_fen: v.refunded_fen,
+            returned_to_pool_fen: v.returned_to_pool_fen,
+            refunds: v.refunds.iter().map(RefundBodyOut::from_record).collect(),
+        }
+    }
+}
+
+/// `budget_fen = unreleased_fen + pool_fen + outstanding_fen + redeemed_fen + revoked_fen`.
+#[derive(Serialize)]
+pub struct LedgerBodyOut {
+    pub campaign_id: String,
+    pub budget_fen: u64,
+    pub unreleased_fen: u64,
+    pub pool_fen: u64,
+    pub outstanding_fen: u64,
+    pub redeemed_fen: u64,
+    pub revoked_fen: u64,
+    pub as_of: String,
+}
+
+impl LedgerBodyOut {
+    pub fn from_ledger(campaign_id: &str, l: &Ledger, now: UnixMillis) -> LedgerBodyOut {
+        LedgerBodyOut {
+            campaign_id: campaign_id.to_owned(),
+            budget_fen: l.budget_fen,
+            unreleased_fen: l.unreleased_fen,
+            pool_fen: l.pool_fen,
+            outstanding_fen: l.outstanding_fen,
+            redeemed_fen: l.redeemed_fen,
+            revoked_fen: l.revoked_fen,
+            as_of: format_beijing(now),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct RevokeReportOut {
+    pub case_id: String,
+    pub revoked_vouchers: u64,
+    pub recovered_to_pool_fen: u64,
+    pub already_redeemed_vouchers: u64,
+    pub already_redeemed_fen: u64,
+    pub untouched_vouchers: u64,
+    pub unknown_voucher_ids: u64,
+}
+
+impl RevokeReportOut {
+    pub fn from_report(case_id: &str, r: &RevokeReport) -> RevokeReportOut {
+        RevokeReportOut {
+            case_id: case_id.to_owned(),
+            revoked_vouchers: r.revoked_vouchers,
+            recovered_to_pool_fen: r.recovered_to_pool_fen,
+            already_redeemed_vouchers: r.already_redeemed_vouchers,
+            already_redeemed_fen: r.already_redeemed_fen,
+            untouched_vouchers: r.untouched_vouchers,
+            unknown_voucher_ids: r.unknown_voucher_ids,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct CodeBodyOut {
+    pub code: String,
+    pub voucher_id: String,
+    pub expires_at: String,
 }
 
 #[cfg(test)]

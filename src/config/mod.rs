@@ -14,10 +14,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::core::catalog::{check_campaign_name, check_object_id};
+use crate::core::event::{RefundPolicy, Rollover};
 use crate::core::{CampaignSpec, CountyCode, TrancheSpec, UnixMillis};
 use crate::wire_time::parse_rfc3339;
 
-pub use token::AdminToken;
+pub use token::{AdminToken, CodeSecret};
 
 /// Exit code for a configuration the daemon refuses (sysexits EX_USAGE).
 pub const EXIT_BAD_CONFIG: i32 = 64;
@@ -30,6 +31,7 @@ pub use crate::wal::{MAX_SEGMENT_SIZE_BYTES, MIN_SEGMENT_SIZE_BYTES};
 pub const MAX_BATCH_RECORDS_CEILING: usize = crate::wal::MAX_BATCH_RECORDS;
 pub const MAX_BATCH_WINDOW_US: u64 = 100_000;
 pub const MAX_CHECKPOINT_EVERY_RECORDS: u64 = 1_000_000_000;
+const DEFAULT_SETTLE_CHECK_INTERVAL_MS: u64 = 1_000;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -41,6 +43,13 @@ pub struct Config {
     pub counties: Vec<CountyConfig>,
     pub campaigns: Vec<CampaignSpec>,
     pub tranches: Vec<TrancheSpec>,
+    pub lifecycle: LifecycleConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct LifecycleConfig {
+    pub code_secret: CodeSecret,
+    pub settle_check_interval: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -199,6 +208,9 @@ impl Validator {
         let counties = self.counties(raw.counties, regions.as_ref());
         let campaigns = self.campaigns(raw.campaigns);
         let tranches = self.tranches(raw.tranches, &counties, &campaigns);
+        let lifecycle = storage
+            .as_ref()
+            .and_then(|s| self.lifecycle(&raw.lifecycle, &s.data_dir, env));
         Some(Config {
             source_path: self.file.clone(),
             server: server?,
@@ -208,7 +220,35 @@ impl Validator {
             counties,
             campaigns,
             tranches,
+            lifecycle: lifecycle?,
         })
+    }
+
+    fn lifecycle(
+        &mut self,
+        raw: &raw::RawLifecycle,
+        data_dir: &Path,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<LifecycleConfig> {
+        let interval_ms = raw
+            .settle_check_interval_ms
+            .unwrap_or(DEFAULT_SETTLE_CHECK_INTERVAL_MS);
+        self.range(
+            "lifecycle.settle_check_interval_ms",
+            interval_ms,
+            10,
+            3_600_000,
+        );
+        match token::resolve_code_secret(raw, &self.base, data_dir, env) {
+            Ok(code_secret) => Some(LifecycleConfig {
+                code_secret,
+                settle_check_interval: Duration::from_millis(interval_ms),
+            }),
+            Err((key, reason)) => {
+                self.fail(key, reason);
+                None
+            }
+        }
     }
 
     fn server(&mut self, raw: raw::RawServer) -> Option<ServerConfig> {
@@ -418,6 +458,16 @@ impl Validator {
             out.push(CampaignSpec {
                 campaign_id: c.id,
                 name: c.name,
+                budget_fen: c.budget_fen,
+                refund_policy: match c.refund_policy {
+                    raw::RawRefundPolicy::RestoreIfValid => RefundPolicy::RestoreIfValid,
+                    raw::RawRefundPolicy::Prorata => RefundPolicy::Prorata,
+                    raw::RawRefundPolicy::NoRestore => RefundPolicy::NoRestore,
+                },
+                rollover: match c.rollover {
+                    raw::RawRollover::None => Rollover::None,
+                    raw::RawRollover::NextTranche => Rollover::NextTranche,
+                },
             });
         }
         out
@@ -474,6 +524,8 @@ impl Validator {
                 face_value_fen: t.face_value_fen,
                 threshold_fen: t.threshold_fen,
                 quotas,
+                redeem_anywhere_in_city: t.redeem_anywhere_in_city,
+                industries: sorted_unique(t.industries),
             };
             if let Err(errors) = spec.validate() {
                 for e in errors {
@@ -514,6 +566,13 @@ impl Validator {
             self.fail(key, format!("{value} is outside {min}..={max}"));
         }
     }
+}
+
+/// Industries as a tranche keeps them: sorted, duplicates removed.
+pub fn sorted_unique(mut items: Vec<String>) -> Vec<String> {
+    items.sort();
+    items.dedup();
+    items
 }
 
 /// Longest relative offset accepted in a config time: ten years.

@@ -18,6 +18,22 @@ pub struct RawConfig {
     pub campaigns: Vec<RawCampaign>,
     #[serde(default)]
     pub tranches: Vec<RawTranche>,
+    #[serde(default)]
+    pub lifecycle: RawLifecycle,
+}
+
+/// Redemption codes and settlement timing.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawLifecycle {
+    /// Environment variable holding the secret that signs redemption codes.
+    pub code_secret_env: Option<String>,
+    /// File holding that secret (first line). Default: `<data_dir>/redemption-code.secret`, created if missing.
+    pub code_secret_file: Option<String>,
+    /// Create `code_secret_file` with a random secret (mode 0600) if it is missing.
+    pub create_code_secret_file: Option<bool>,
+    /// How often to settle tranches whose window or validity has ended.
+    pub settle_check_interval_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -118,6 +134,30 @@ pub struct RawCounty {
 pub struct RawCampaign {
     pub id: String,
     pub name: String,
+    pub budget_fen: u64,
+    /// restore_if_valid (default), prorata or no_restore.
+    #[serde(default)]
+    pub refund_policy: RawRefundPolicy,
+    /// none (default) or next_tranche.
+    #[serde(default)]
+    pub rollover: RawRollover,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum RawRefundPolicy {
+    #[default]
+    RestoreIfValid,
+    Prorata,
+    NoRestore,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+pub enum RawRollover {
+    #[default]
+    None,
+    NextTranche,
 }
 
 #[derive(Deserialize)]
@@ -132,4 +172,9 @@ pub struct RawTranche {
     #[serde(default)]
     pub threshold_fen: u64,
     pub quotas: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub redeem_anywhere_in_city: bool,
+    /// Industries where vouchers may be redeemed; empty or absent means all.
+    #[serde(default)]
+    pub industries: Vec<String>,
 }

@@ -38,6 +38,88 @@ impl AdminToken {
     }
 }
 
+/// The secret that signs redemption codes. `Debug` never shows it.
+#[derive(Clone)]
+pub struct CodeSecret(Vec<u8>);
+
+impl std::fmt::Debug for CodeSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CodeSecret(<redacted>)")
+    }
+}
+
+impl CodeSecret {
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Shortest code secret accepted.
+pub const MIN_CODE_SECRET_BYTES: usize = crate::core::code::MIN_CODE_SECRET_BYTES;
+
+/// Resolves the redemption-code secret; an error is `(key, reason)`.
+pub fn resolve_code_secret(
+    raw: &super::raw::RawLifecycle,
+    base: &Path,
+    data_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<CodeSecret, (String, String)> {
+    let text = match (&raw.code_secret_env, &raw.code_secret_file) {
+        (Some(_), Some(_)) => {
+            return Err((
+                "lifecycle".into(),
+                "set at most one of code_secret_env or code_secret_file".into(),
+            ));
+        }
+        (Some(name), None) => env(name).ok_or_else(|| {
+            (
+                "lifecycle.code_secret_env".to_owned(),
+                format!("environment variable {name} is not set"),
+            )
+        })?,
+        (None, file) => {
+            let (path, create) = match file {
+                Some(f) if Path::new(f).is_absolute() => (
+                    Path::new(f).to_owned(),
+                    raw.create_code_secret_file.unwrap_or(false),
+                ),
+                Some(f) => (base.join(f), raw.create_code_secret_file.unwrap_or(false)),
+                None => (
+                    data_dir.join("redemption-code.secret"),
+                    raw.create_code_secret_file.unwrap_or(true),
+                ),
+            };
+            if create && !path.exists() {
+                create_token_file(&path).map_err(|e| {
+                    (
+                        "lifecycle.code_secret_file".to_owned(),
+                        format!("cannot create {}: {e}", path.display()),
+                    )
+                })?;
+            }
+            std::fs::read_to_string(&path)
+                .map_err(|e| {
+                    (
+                        "lifecycle.code_secret_file".to_owned(),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        }
+    };
+    let text = text.trim();
+    if text.len() < MIN_CODE_SECRET_BYTES {
+        return Err((
+            "lifecycle".into(),
+            format!("the code secret must be at least {MIN_CODE_SECRET_BYTES} bytes"),
+        ));
+    }
+    Ok(CodeSecret(text.as_bytes().to_vec()))
+}
+
 /// Resolves the token; an error is `(key, reason)`.
 pub fn resolve(
     raw: &RawAdmin,

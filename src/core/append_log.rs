@@ -75,6 +75,14 @@ pub struct SharedLog<T> {
 }
 
 impl<T> SharedLog<T> {
+    pub fn get(&self, index: usize) -> Option<&T> {
+        let chunk = index / CHUNK_ENTRIES;
+        match self.frozen.get(chunk) {
+            Some(c) => c.get(index % CHUNK_ENTRIES),
+            None => self.tail.get(index - self.frozen.len() * CHUNK_ENTRIES),
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.frozen.len() * CHUNK_ENTRIES + self.tail.len()
     }

@@ -12,11 +12,8 @@ use super::event::CampaignSpec;
 pub const MAX_CAMPAIGNS: usize = 1_000;
 pub const MAX_TRANCHES: usize = 10_000;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Campaign {
-    pub campaign_id: String,
-    pub name: String,
-}
+/// A campaign as the catalog holds it.
+pub type Campaign = CampaignSpec;
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum CatalogError {
@@ -54,20 +51,15 @@ impl<T> Catalog<T> {
     /// Whether defining `spec` is allowed; `Ok(false)` when nothing would change.
     pub fn decide_campaign(&self, spec: &CampaignSpec) -> Result<bool, CatalogError> {
         match self.campaigns.get(&spec.campaign_id) {
-            Some(existing) => Ok(existing.name != spec.name),
+            Some(existing) => Ok(existing != spec),
             None if self.campaigns.len() >= MAX_CAMPAIGNS => Err(CatalogError::TooManyCampaigns),
             None => Ok(true),
         }
     }
 
     pub fn apply_campaign(&mut self, spec: &CampaignSpec) {
-        self.campaigns.insert(
-            spec.campaign_id.clone(),
-            Campaign {
-                campaign_id: spec.campaign_id.clone(),
-                name: spec.name.clone(),
-            },
-        );
+        self.campaigns
+            .insert(spec.campaign_id.clone(), spec.clone());
     }
 
     pub fn tranche(&self, tranche_id: &str) -> Option<&T> {

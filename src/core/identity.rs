@@ -35,6 +35,16 @@ enum KeyKind {
     PhoneHash = 3,
     Device = 4,
     Request = 5,
+    Order = 6,
+}
+
+/// The kinds of identity key a revocation can name.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum IdentityKeyKind {
+    UserId,
+    IdHash,
+    PhoneHash,
+    DeviceId,
 }
 
 /// A 128-bit keyed digest of one identity key or request ID.
@@ -84,6 +94,28 @@ impl DigestKey {
 
     pub fn request_digest(&self, request_id: &str) -> KeyDigest {
         self.digest(KeyKind::Request, request_id)
+    }
+
+    /// Digest of a (merchant, order) pair; the length prefix keeps
+    /// ("ab", "c") and ("a", "bc") apart.
+    pub fn order_digest(&self, merchant_id: &str, order_id: &str) -> KeyDigest {
+        let mut hasher = SipHasher13::new_with_keys(self.k0, self.k1);
+        hasher.write_u8(KeyKind::Order as u8);
+        hasher.write_u64(merchant_id.len() as u64);
+        hasher.write(merchant_id.as_bytes());
+        hasher.write(order_id.as_bytes());
+        KeyDigest(hasher.finish128().as_u128())
+    }
+
+    /// Digest of one raw identity key of a given kind, for revocation by identity.
+    pub fn key_digest(&self, kind: IdentityKeyKind, value: &str) -> KeyDigest {
+        let kind = match kind {
+            IdentityKeyKind::UserId => KeyKind::User,
+            IdentityKeyKind::IdHash => KeyKind::IdHash,
+            IdentityKeyKind::PhoneHash => KeyKind::PhoneHash,
+            IdentityKeyKind::DeviceId => KeyKind::Device,
+        };
+        self.digest(kind, value)
     }
 }
 

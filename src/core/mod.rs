@@ -16,8 +16,11 @@
 
 pub mod append_log;
 pub mod catalog;
+pub mod code;
 pub mod event;
 pub mod identity;
+pub mod lifecycle;
+pub mod orders;
 pub mod time;
 pub mod tranche;
 pub mod voucher;
@@ -30,4 +33,4 @@ pub use tranche::{
     ClaimCommand, ClaimDecision, ControlDecision, CountyCode, CountyStock, RedefineConflict,
     Refusal, SpecError, TrancheBook, TrancheSpec, TrancheState,
 };
-pub use voucher::{Voucher, VoucherId};
+pub use voucher::{RedemptionId, Voucher, VoucherId};

@@ -12,8 +12,9 @@ use std::sync::Arc;
 
 use super::append_log::{AppendLog, SharedLog};
 
-use super::event::{Location, TrancheControl, VoucherClaimed};
+use super::event::{Event, Location, TrancheControl, VoucherClaimed};
 use super::identity::{DigestHasherBuilder, DigestKey, IdentityDigests, IdentityKeys, KeyDigest};
+use super::lifecycle::{Redemption, TrancheMoney, VoucherState, VoucherStatus};
 use super::time::UnixMillis;
 use super::voucher::{Voucher, VoucherId};
 
@@ -26,6 +27,8 @@ pub const MAX_COUNTIES_PER_TRANCHE: usize = 64;
 pub const MAX_QUOTA_PER_COUNTY: u32 = 10_000_000;
 pub const MAX_FACE_VALUE_FEN: u64 = 100_000_000;
 pub const MAX_THRESHOLD_FEN: u64 = 1_000_000_000;
+pub const MAX_INDUSTRIES_PER_TRANCHE: usize = 32;
+pub const MAX_INDUSTRY_BYTES: usize = 64;
 /// A tranche's maps are sized for its whole quota (up to this many vouchers)
 /// when it is defined, so neither the release burst nor a replay pays for
 /// rehashing as they grow.
@@ -48,6 +51,11 @@ pub struct TrancheSpec {
     pub threshold_fen: u64,
     /// One entry per county, sorted by code, codes unique.
     pub quotas: Vec<(CountyCode, u32)>,
+    /// Whether a voucher may be redeemed at a merchant in any county of the
+    /// city, not only the county it was claimed in.
+    pub redeem_anywhere_in_city: bool,
+    /// Industries where vouchers may be redeemed, sorted; empty means all.
+    pub industries: Vec<String>,
 }
 
 /// A field of a [`TrancheSpec`] that is not acceptable, and why.
@@ -107,11 +115,41 @@ impl TrancheSpec {
                 ),
             );
         }
+        if self.industries.len() > MAX_INDUSTRIES_PER_TRANCHE {
+            fail(
+                "industries",
+                format!("at most {MAX_INDUSTRIES_PER_TRANCHE} industries"),
+            );
+        }
+        if !self.industries.windows(2).all(|w| w[0] < w[1]) {
+            fail("industries", "must be sorted and unique".into());
+        }
+        if self
+            .industries
+            .iter()
+            .any(|i| i.is_empty() || i.len() > MAX_INDUSTRY_BYTES)
+        {
+            fail(
+                "industries",
+                format!("each industry is 1 to {MAX_INDUSTRY_BYTES} bytes"),
+            );
+        }
         if errors.is_empty() {
             Ok(())
         } else {
             Err(errors)
         }
+    }
+
+    /// The money this definition releases from the campaign budget.
+    pub fn release_fen(&self) -> u64 {
+        self.total_quota() * self.face_value_fen
+    }
+
+    /// The smallest order a voucher can be used on: its threshold, and never
+    /// less than its face value (a voucher's value is always used in full).
+    pub fn minimum_order_fen(&self) -> u64 {
+        self.threshold_fen.max(self.face_value_fen)
     }
 
     pub fn total_quota(&self) -> u64 {
@@ -239,27 +277,63 @@ struct RequestAnswer {
 /// The complete state of one tranche.
 #[derive(Clone, Debug)]
 pub struct TrancheBook {
-    ordinal: u32,
-    spec: TrancheSpec,
-    paused: bool,
-    counties: Vec<CountyStock>,
-    vouchers: AppendLog<Voucher>,
-    voucher_by_random: HashMap<u64, u32, DigestHasherBuilder>,
-    holders: HashMap<KeyDigest, u32, DigestHasherBuilder>,
+    pub(super) ordinal: u32,
+    pub(super) spec: TrancheSpec,
+    pub(super) paused: bool,
+    pub(super) counties: Vec<CountyStock>,
+    pub(super) vouchers: AppendLog<Voucher>,
+    pub(super) voucher_by_random: HashMap<u64, u32, DigestHasherBuilder>,
+    pub(super) holders: HashMap<KeyDigest, u32, DigestHasherBuilder>,
     requests: HashMap<KeyDigest, RequestAnswer, DigestHasherBuilder>,
-    digest_key: DigestKey,
+    pub(super) digest_key: DigestKey,
+    /// Lifecycle of each voucher, parallel to `vouchers`.
+    pub(super) status: Vec<VoucherStatus>,
+    pub(super) redemptions: Vec<Redemption>,
+    pub(super) redemption_by_random: HashMap<u64, u32, DigestHasherBuilder>,
+    pub(super) revocations: Vec<Arc<super::event::VouchersRevoked>>,
+    /// Vouchers currently in state `Claimed`.
+    pub(super) claimed_live: u64,
+    pub(super) money: TrancheMoney,
+    pub(super) closed_settled: bool,
+    pub(super) expired_settled: bool,
+    pub(super) rollover_done: bool,
+    /// Every event applied to this tranche, in order: what a snapshot writes.
+    pub(super) log: AppendLog<LogEntry>,
+}
+
+/// One entry of a tranche's own event log.
+#[derive(Clone, Debug)]
+pub enum LogEntry {
+    /// The claim event is kept with the voucher; this points at it.
+    Claim {
+        voucher_index: u32,
+    },
+    Event {
+        seq: u64,
+        event: Arc<Event>,
+    },
 }
 
 impl TrancheBook {
-    /// A new tranche from a spec that passed [`TrancheSpec::validate`].
-    pub fn new(ordinal: u32, spec: TrancheSpec, digest_key: DigestKey) -> TrancheBook {
+    /// A new tranche from a spec that passed [`TrancheSpec::validate`],
+    /// defined by the WAL record `seq`.
+    pub fn new(ordinal: u32, spec: TrancheSpec, digest_key: DigestKey, seq: u64) -> TrancheBook {
         assert!(
             spec.validate().is_ok(),
             "tranche spec must be validated before use"
         );
         let counties = stock_for(&spec);
         let expected = spec.total_quota().min(PRESIZED_VOUCHERS_MAX) as usize;
-        TrancheBook {
+        let release = spec.release_fen();
+        let mut log = AppendLog::default();
+        log.push(LogEntry::Event {
+            seq,
+            event: Arc::new(Event::TrancheDefined {
+                ordinal,
+                spec: spec.clone(),
+            }),
+        });
+        let book = TrancheBook {
             ordinal,
             spec,
             paused: false,
@@ -272,7 +346,19 @@ impl TrancheBook {
             ),
             requests: HashMap::with_capacity_and_hasher(expected, DigestHasherBuilder),
             digest_key,
-        }
+            status: Vec::with_capacity(expected),
+            redemptions: Vec::new(),
+            redemption_by_random: HashMap::default(),
+            revocations: Vec::new(),
+            claimed_live: 0,
+            money: TrancheMoney::released(release),
+            closed_settled: false,
+            expired_settled: false,
+            rollover_done: false,
+            log,
+        };
+        book.check_money();
+        book
     }
 
     pub fn ordinal(&self) -> u32 {
@@ -301,6 +387,13 @@ impl TrancheBook {
     /// A consistent copy of the vouchers for a checkpoint (cheap: see [`AppendLog::share`]).
     pub fn share_vouchers(&self) -> SharedLog<Voucher> {
         self.vouchers.share()
+    }
+    /// A consistent copy of this tranche's event log, for a checkpoint.
+    pub fn share_log(&self) -> SharedLog<LogEntry> {
+        self.log.share()
+    }
+    pub fn money(&self) -> &TrancheMoney {
+        &self.money
     }
 
     pub fn find_voucher(&self, id: VoucherId) -> Option<&Voucher> {
@@ -434,6 +527,12 @@ impl TrancheBook {
             claim: event,
             seq,
         });
+        self.status.push(VoucherStatus::claimed());
+        self.claimed_live += 1;
+        self.log.push(LogEntry::Claim {
+            voucher_index: index,
+        });
+        self.check_money();
         index
     }
 
@@ -461,10 +560,6 @@ impl TrancheBook {
         }
     }
 
-    pub fn apply_control(&mut self, control: TrancheControl) {
-        self.paused = control == TrancheControl::Pause;
-    }
-
     /// A tranche may be replaced only while it is still scheduled and empty.
     pub fn decide_redefine(&self, now: UnixMillis) -> Result<(), RedefineConflict> {
         if now >= self.spec.opens_at || !self.vouchers.is_empty() {
@@ -474,36 +569,96 @@ impl TrancheBook {
         }
     }
 
-    pub fn apply_redefine(&mut self, spec: TrancheSpec) {
+    /// Applies any tranche event other than a claim (claims take the fast
+    /// path, [`Self::apply_claim`]). Live operation and replay both call this.
+    pub fn apply_event(&mut self, event: Arc<Event>, seq: u64) {
+        assert_eq!(
+            event.tranche_id(),
+            Some(self.spec.tranche_id.as_str()),
+            "event for another tranche"
+        );
+        match &*event {
+            Event::TrancheDefined { ordinal, spec } => {
+                assert_eq!(*ordinal, self.ordinal);
+                self.apply_redefine(spec.clone());
+            }
+            Event::TrancheControlled { control, .. } => {
+                self.paused = *control == TrancheControl::Pause;
+            }
+            Event::VoucherRedeemed(e) => self.apply_redeem(e.clone()),
+            Event::RedemptionRefunded(e) => self.apply_refund(e),
+            Event::TrancheSettled { settlement, .. } => self.apply_settle(*settlement),
+            Event::VouchersRevoked(e) => self.apply_revoke(e),
+            Event::PoolDrawn(e) => self.apply_draw(e),
+            Event::CampaignDefined(_) | Event::VoucherClaimed(_) => {
+                panic!("not a tranche lifecycle event: {event:?}")
+            }
+        }
+        self.log.push(LogEntry::Event { seq, event });
+        self.check_money();
+    }
+
+    fn apply_redefine(&mut self, spec: TrancheSpec) {
         assert!(
             self.vouchers.is_empty(),
             "redefining a tranche that issued vouchers"
         );
-        assert_eq!(spec.tranche_id, self.spec.tranche_id);
         assert!(
             spec.validate().is_ok(),
             "tranche spec must be validated before use"
         );
+        assert!(
+            self.money.drawn_from_pool_fen == 0,
+            "redefining a tranche that drew from the pool"
+        );
         self.counties = stock_for(&spec);
+        self.money = TrancheMoney::released(spec.release_fen());
         self.spec = spec;
     }
 
-    fn county_slot(&self, county: CountyCode) -> Option<usize> {
+    pub(super) fn county_slot(&self, county: CountyCode) -> Option<usize> {
         // At most MAX_COUNTIES_PER_TRANCHE entries, sorted: a short linear
         // scan beats hashing at this size.
         self.counties.iter().position(|c| c.county == county)
     }
 
     fn unused_random(&self, entropy: u64) -> u64 {
-        let mut candidate = entropy;
-        for _ in 0..MAX_VOUCHER_ID_ATTEMPTS {
-            if !self.voucher_by_random.contains_key(&candidate) {
-                return candidate;
-            }
-            candidate = splitmix64(candidate);
+        unused_key(&self.voucher_by_random, entropy)
+    }
+
+    /// The voucher's position in this tranche, if it belongs here.
+    pub fn voucher_index(&self, id: VoucherId) -> Option<u32> {
+        if id.tranche_ordinal != self.ordinal {
+            return None;
         }
-        panic!(
-            "no unused voucher ID after {MAX_VOUCHER_ID_ATTEMPTS} attempts: entropy source is broken"
+        self.voucher_by_random.get(&id.random).copied()
+    }
+
+    /// The voucher an identity key holds in this tranche, if any.
+    pub fn holder(&self, digest: KeyDigest) -> Option<u32> {
+        self.holders.get(&digest).copied()
+    }
+
+    pub fn voucher_status(&self, index: u32) -> &VoucherStatus {
+        &self.status[index as usize]
+    }
+
+    /// Money identity of the tranche, asserted after every change: everything
+    /// released is outstanding, redeemed, revoked or returned; and outstanding
+    /// is exactly the unclaimed stock (until closing) plus live vouchers.
+    pub(super) fn check_money(&self) {
+        self.money.check();
+        let face = self.spec.face_value_fen;
+        let unclaimed = if self.closed_settled {
+            0
+        } else {
+            self.remaining_total() * face
+        };
+        assert_eq!(
+            self.money.outstanding_fen,
+            unclaimed + self.claimed_live * face,
+            "outstanding money drifted in {}",
+            self.spec.tranche_id
         );
     }
 
@@ -539,7 +694,27 @@ impl TrancheBook {
                 .values()
                 .all(|&i| (i as usize) < self.vouchers.len())
         );
+        assert_eq!(self.status.len(), self.vouchers.len());
+        let live = self
+            .status
+            .iter()
+            .filter(|s| s.state == VoucherState::Claimed)
+            .count() as u64;
+        assert_eq!(live, self.claimed_live, "live voucher count drifted");
+        self.check_money();
     }
+}
+
+/// A key not yet in `map`, starting from `entropy` (CSPRNG output).
+pub(super) fn unused_key<V>(map: &HashMap<u64, V, DigestHasherBuilder>, entropy: u64) -> u64 {
+    let mut candidate = entropy;
+    for _ in 0..MAX_VOUCHER_ID_ATTEMPTS {
+        if !map.contains_key(&candidate) {
+            return candidate;
+        }
+        candidate = splitmix64(candidate);
+    }
+    panic!("no unused ID after {MAX_VOUCHER_ID_ATTEMPTS} attempts: entropy source is broken");
 }
 
 fn stock_for(spec: &TrancheSpec) -> Vec<CountyStock> {

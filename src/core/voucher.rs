@@ -26,41 +26,69 @@ pub struct VoucherId {
 }
 
 impl VoucherId {
-    fn as_u128(self) -> u128 {
-        (u128::from(self.tranche_ordinal) << 64) | u128::from(self.random)
-    }
-
     pub fn encode(self) -> String {
-        let value = self.as_u128();
-        let mut out = String::with_capacity(1 + VOUCHER_ID_BODY_CHARS);
-        out.push(VOUCHER_ID_PREFIX);
-        // 20 chars hold 100 bits; the top 4 are always zero.
-        for i in (0..VOUCHER_ID_BODY_CHARS as u32).rev() {
-            let index = ((value >> (i * BASE32_BITS_PER_CHAR)) & 0x1f) as usize;
-            out.push(CROCKFORD_ALPHABET[index] as char);
-        }
-        out
+        encode_public_id(VOUCHER_ID_PREFIX, self.tranche_ordinal, self.random)
     }
 
     /// Parses an encoded ID; `None` for anything that is not exactly one.
     pub fn parse(text: &str) -> Option<VoucherId> {
-        let body = text.strip_prefix(VOUCHER_ID_PREFIX)?;
-        if body.len() != VOUCHER_ID_BODY_CHARS {
-            return None;
-        }
-        let mut value: u128 = 0;
-        for byte in body.bytes() {
-            let digit = CROCKFORD_ALPHABET.iter().position(|&c| c == byte)? as u128;
-            value = (value << BASE32_BITS_PER_CHAR) | digit;
-        }
-        if value >> VOUCHER_ID_BITS != 0 {
-            return None;
-        }
+        let (tranche_ordinal, random) = parse_public_id(VOUCHER_ID_PREFIX, text)?;
         Some(VoucherId {
-            tranche_ordinal: (value >> 64) as u32,
-            random: value as u64,
+            tranche_ordinal,
+            random,
         })
     }
+}
+
+const REDEMPTION_ID_PREFIX: char = 'r';
+
+/// A redemption's public ID: `r` + 20 base32 characters, like a voucher ID.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RedemptionId {
+    pub tranche_ordinal: u32,
+    pub random: u64,
+}
+
+impl RedemptionId {
+    pub fn encode(self) -> String {
+        encode_public_id(REDEMPTION_ID_PREFIX, self.tranche_ordinal, self.random)
+    }
+
+    pub fn parse(text: &str) -> Option<RedemptionId> {
+        let (tranche_ordinal, random) = parse_public_id(REDEMPTION_ID_PREFIX, text)?;
+        Some(RedemptionId {
+            tranche_ordinal,
+            random,
+        })
+    }
+}
+
+fn encode_public_id(prefix: char, tranche_ordinal: u32, random: u64) -> String {
+    let value = (u128::from(tranche_ordinal) << 64) | u128::from(random);
+    let mut out = String::with_capacity(1 + VOUCHER_ID_BODY_CHARS);
+    out.push(prefix);
+    // 20 chars hold 100 bits; the top 4 are always zero.
+    for i in (0..VOUCHER_ID_BODY_CHARS as u32).rev() {
+        let index = ((value >> (i * BASE32_BITS_PER_CHAR)) & 0x1f) as usize;
+        out.push(CROCKFORD_ALPHABET[index] as char);
+    }
+    out
+}
+
+fn parse_public_id(prefix: char, text: &str) -> Option<(u32, u64)> {
+    let body = text.strip_prefix(prefix)?;
+    if body.len() != VOUCHER_ID_BODY_CHARS {
+        return None;
+    }
+    let mut value: u128 = 0;
+    for byte in body.bytes() {
+        let digit = CROCKFORD_ALPHABET.iter().position(|&c| c == byte)? as u128;
+        value = (value << BASE32_BITS_PER_CHAR) | digit;
+    }
+    if value >> VOUCHER_ID_BITS != 0 {
+        return None;
+    }
+    Some(((value >> 64) as u32, value as u64))
 }
 
 /// One issued voucher, as held in memory by its tranche.

@@ -123,6 +123,7 @@ geojson_path = "{}"
 [[campaigns]]
 id = "c1"
 name = "test campaign"
+budget_fen = 100000000000
 "#,
             self.max_connections,
             self.header_read_timeout_ms,
