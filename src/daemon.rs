@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::api::{self, App, Listener};
@@ -73,6 +74,9 @@ pub fn serve(config_path: &Path) -> i32 {
 }
 
 async fn run(config: Config, regions: RegionIndex) -> i32 {
+    // Before anything is announced: a SIGTERM that arrives right after "ready" must drain,
+    // not kill the process with the default disposition.
+    let signals = ShutdownSignals::install();
     let telemetry = match Telemetry::install() {
         Ok(t) => t,
         Err(e) => {
@@ -133,7 +137,7 @@ async fn run(config: Config, regions: RegionIndex) -> i32 {
     ));
     print_try_it(&config, &public_addr);
 
-    wait_for_signal().await;
+    signals.wait().await;
     tracing::info!("draining: refusing new claims, finishing in-flight ones");
     app.start_draining();
     let _ = shutdown_tx.send(true);
@@ -333,18 +337,31 @@ fn announce(line: &str) {
     let _ = out.flush();
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; serving until killed");
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment [`ShutdownSignals::install`] returns.
+struct ShutdownSignals(Option<(Signal, Signal)>);
+
+impl ShutdownSignals {
+    fn install() -> ShutdownSignals {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => ShutdownSignals(Some((term, int))),
+            _ => {
+                tracing::error!("cannot install signal handlers; serving until killed");
+                ShutdownSignals(None)
+            }
+        }
+    }
+
+    /// Returns once SIGTERM or SIGINT arrived (at once if one arrived before this call).
+    async fn wait(self) {
+        let Some((mut term, mut int)) = self.0 else {
+            return std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }
