@@ -26,6 +26,8 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_DATA_ERROR: i32 = 65;
 pub const EXIT_UNAVAILABLE: i32 = 69;
 pub const EXIT_SOFTWARE: i32 = 70;
+/// The WAL lives in this directory under `storage.data_dir`.
+pub const WAL_DIR_NAME: &str = "wal";
 /// WAL records queued beyond the claim limit, for admin and start-up writes.
 const WAL_QUEUE_HEADROOM_RECORDS: usize = 1_024;
 /// Bytes per group-commit batch, at most; a batch must also fit in a fresh segment.
@@ -160,8 +162,9 @@ fn recover(config: &Config, regions: RegionIndex) -> Result<Dispenser, i32> {
     let started = Instant::now();
     let digest_key = DigestKey::new(rand::random(), rand::random());
     let mut recovered = Recovered::new(digest_key);
+    let wal_dir = config.storage.data_dir.join(WAL_DIR_NAME);
     let options = WalOptions {
-        dir: config.storage.data_dir.join("wal"),
+        dir: wal_dir.clone(),
         segment_size_bytes: config.storage.segment_size_bytes,
         max_batch_records: config.storage.max_batch_records,
         max_batch_bytes: WAL_MAX_BATCH_BYTES
@@ -176,7 +179,12 @@ fn recover(config: &Config, regions: RegionIndex) -> Result<Dispenser, i32> {
     let (wal, report) = match opened {
         Ok(pair) => pair,
         Err(e) => {
-            tracing::error!(error = %e, "cannot recover the WAL; refusing to start. Run `voucherd wal verify` on the data directory and keep a copy before any repair");
+            tracing::error!(
+                error = %e,
+                "cannot recover the WAL; refusing to start. Run `voucherd wal verify {}` for \
+                 details, and keep a copy of that directory before any repair",
+                wal_dir.display()
+            );
             return Err(EXIT_DATA_ERROR);
         }
     };

@@ -10,5 +10,6 @@ pub mod dispenser;
 pub mod geo;
 pub mod journal;
 pub mod telemetry;
+pub mod tools;
 pub mod wal;
 pub mod wire_time;
