@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::watch;
 
 use crate::api::{self, App, Listener};
@@ -26,6 +27,8 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_DATA_ERROR: i32 = 65;
 pub const EXIT_UNAVAILABLE: i32 = 69;
 pub const EXIT_SOFTWARE: i32 = 70;
+/// The WAL lives in this directory under `storage.data_dir`.
+pub const WAL_DIR_NAME: &str = "wal";
 /// WAL records queued beyond the claim limit, for admin and start-up writes.
 const WAL_QUEUE_HEADROOM_RECORDS: usize = 1_024;
 /// Bytes per group-commit batch, at most; a batch must also fit in a fresh segment.
@@ -74,6 +77,9 @@ pub fn serve(config_path: &Path) -> i32 {
 }
 
 async fn run(config: Config, regions: RegionIndex) -> i32 {
+    // Before anything is announced: a SIGTERM that arrives right after "ready" must drain,
+    // not kill the process with the default disposition.
+    let signals = ShutdownSignals::install();
     let telemetry = match Telemetry::install() {
         Ok(t) => t,
         Err(e) => {
@@ -151,7 +157,7 @@ async fn run(config: Config, regions: RegionIndex) -> i32 {
         shutdown_tx.subscribe(),
     ));
 
-    wait_for_signal().await;
+    signals.wait().await;
     tracing::info!("draining: refusing new claims, finishing in-flight ones");
     app.start_draining();
     let _ = shutdown_tx.send(true);
@@ -288,8 +294,9 @@ fn recover(config: &Config, regions: RegionIndex) -> Result<(Dispenser, u64), i3
     if let Some(l) = &loaded {
         tracing::info!(path = %l.path.display(), covered_seq, records = l.records, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot loaded");
     }
+    let wal_dir = config.storage.data_dir.join(WAL_DIR_NAME);
     let options = WalOptions {
-        dir: config.storage.data_dir.join("wal"),
+        dir: wal_dir.clone(),
         segment_size_bytes: config.storage.segment_size_bytes,
         max_batch_records: config.storage.max_batch_records,
         max_batch_bytes: WAL_MAX_BATCH_BYTES
@@ -310,7 +317,12 @@ fn recover(config: &Config, regions: RegionIndex) -> Result<(Dispenser, u64), i3
     let (wal, report) = match opened {
         Ok(pair) => pair,
         Err(e) => {
-            tracing::error!(error = %e, "cannot recover the WAL; refusing to start. Run `voucherd wal verify` on the data directory and keep a copy before any repair");
+            tracing::error!(
+                error = %e,
+                "cannot recover the WAL; refusing to start. Run `voucherd wal verify {}` for \
+                 details, and keep a copy of that directory before any repair",
+                wal_dir.display()
+            );
             return Err(EXIT_DATA_ERROR);
         }
     };
@@ -476,18 +488,31 @@ fn announce(line: &str) {
     let _ = out.flush();
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; serving until killed");
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from the moment [`ShutdownSignals::install`] returns.
+struct ShutdownSignals(Option<(Signal, Signal)>);
+
+impl ShutdownSignals {
+    fn install() -> ShutdownSignals {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => ShutdownSignals(Some((term, int))),
+            _ => {
+                tracing::error!("cannot install signal handlers; serving until killed");
+                ShutdownSignals(None)
+            }
+        }
+    }
+
+    /// Returns once SIGTERM or SIGINT arrived (at once if one arrived before this call).
+    async fn wait(self) {
+        let Some((mut term, mut int)) = self.0 else {
+            return std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     }
 }

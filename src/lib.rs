@@ -11,5 +11,6 @@ pub mod geo;
 pub mod journal;
 pub mod snapshot;
 pub mod telemetry;
+pub mod tools;
 pub mod wal;
 pub mod wire_time;

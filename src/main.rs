@@ -25,6 +25,11 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Inspect a write-ahead log, read-only (see docs/operations.md).
+    Wal {
+        #[command(subcommand)]
+        command: voucherd::tools::wal::WalCommand,
+    },
 }
 
 fn main() {
@@ -38,6 +43,7 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Serve { config } => voucherd::daemon::serve(&config),
+        Command::Wal { command } => voucherd::tools::wal::run(command),
     };
     std::process::exit(code);
 }

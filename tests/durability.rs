@@ -1,5 +1,5 @@
 //! Durability through the real binary: kill -9 and replay, a torn WAL tail,
-//! corruption before the tail, and an orderly SIGTERM.
+//! corruption before the tail, and an orderly SIGTERM (also one that comes right after ready).
 
 mod support;
 
@@ -177,4 +177,12 @@ fn sigterm_drains_and_restarts_cleanly() {
         (200, json!("unchanged")),
         "campaign survives a restart"
     );
+}
+
+#[test]
+fn sigterm_right_after_ready_still_drains() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = start(dir.path(), &TestConfig::default());
+    let status = daemon.terminate();
+    assert!(status.success(), "{status:?}");
 }

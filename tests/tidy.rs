@@ -4,7 +4,8 @@
 //!   (it may share immutable data through `Arc`);
 //! - no `std::sync::Mutex` (parking_lot instead), no leftover `dbg!`/`todo!`;
 //! - every source file says what it is for (`//!`);
-//! - every route and every metric is documented in `docs/api.md`.
+//! - every route and every metric is documented in `docs/api.md`;
+//! - the operator tools (`src/tools`) only read, and define no serde types.
 
 use std::path::{Path, PathBuf};
 
@@ -207,5 +208,35 @@ fn every_metric_is_documented() {
             docs.contains(&format!("`{name}`")),
             "docs/api.md does not document metric `{name}`"
         );
+    }
+}
+
+#[test]
+fn the_tools_only_read() {
+    let banned = [
+        "wal::open",
+        "OpenOptions",
+        "fs::write",
+        "fs::rename",
+        "fs::remove",
+        "fs::create",
+        "File::create",
+        "set_len",
+        "Serialize",
+        "Deserialize",
+    ];
+    let files = rust_files(&root().join("src/tools"));
+    assert!(files.len() >= 4, "{files:?}");
+    for file in files {
+        for (i, line) in read(&file).lines().enumerate() {
+            for word in banned {
+                assert!(
+                    !line.contains(word),
+                    "the tools are read-only and define no serde types, found {word}: {}:{}",
+                    file.display(),
+                    i + 1
+                );
+            }
+        }
     }
 }

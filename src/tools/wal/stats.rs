@@ -1,0 +1,370 @@
+//! `voucherd wal stats DIR [--json]`: what the log holds, counted.
+//!
+//! Records and payload bytes per record type; per tranche its ordinal, definitions, controls
+//! and claims; per county within a tranche its quota (from the latest definition) and claims.
+//! Memory is bounded by tranches × counties, whatever the number of records.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::core::Event;
+use crate::journal;
+use crate::tools::EXIT_OK;
+use crate::tools::wal::{Failure, RecordType, Scanned, Stop, fail, scan, stdout};
+
+const TOOL: &str = "stats";
+
+/// How to print the statistics.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum StatsFormat {
+    /// Aligned tables for people.
+    Table,
+    /// One JSON object on one line.
+    Json,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct TypeTally {
+    records: u64,
+    payload_bytes: u64,
+}
+
+#[derive(Debug, Default)]
+struct CountyTally {
+    /// Quota in the tranche's latest definition; `None` if a claim names a county it lacks.
+    quota: Option<u32>,
+    claims: u64,
+}
+
+#[derive(Debug)]
+struct TrancheTally {
+    tranche_id: String,
+    ordinal: Option<u32>,
+    definitions: u64,
+    controls: u64,
+    claims: u64,
+    /// Redemptions, refunds, settlements, revocations and pool draws.
+    lifecycle: u64,
+    counties: BTreeMap<u32, CountyTally>,
+}
+
+/// Everything counted while streaming the records.
+#[derive(Debug, Default)]
+struct Tally {
+    first_seq: Option<u64>,
+    types: [TypeTally; RecordType::ALL.len()],
+    /// In order of first appearance, which is ordinal order in a valid log.
+    tranches: Vec<TrancheTally>,
+    tranche_positions: HashMap<String, usize>,
+}
+
+impl Tally {
+    fn add(&mut self, seq: u64, payload_bytes: usize, event: &Event) {
+        self.first_seq.get_or_insert(seq);
+        let kind = &mut self.types[RecordType::of(event).index()];
+        kind.records += 1;
+        kind.payload_bytes += payload_bytes as u64;
+        match event {
+            Event::CampaignDefined(_) => {}
+            Event::TrancheDefined { ordinal, spec } => {
+                let tranche = self.tranche(&spec.tranche_id);
+                tranche.ordinal = Some(*ordinal);
+                tranche.definitions += 1;
+                // A redefinition replaces the quotas (it is only allowed before any claim, but
+                // a county with claims stays listed whatever the log says).
+                tranche.counties.retain(|_, county| county.claims > 0);
+                for county in tranche.counties.values_mut() {
+                    county.quota = None;
+                }
+                for (county, quota) in &spec.quotas {
+                    tranche.counties.entry(county.0).or_default().quota = Some(*quota);
+                }
+            }
+            Event::TrancheControlled { tranche_id, .. } => self.tranche(tranche_id).controls += 1,
+            Event::VoucherClaimed(claim) => {
+                let tranche = self.tranche(&claim.tranche_id);
+                tranche.claims += 1;
+                tranche.counties.entry(claim.county.0).or_default().claims += 1;
+            }
+            other => {
+                if let Some(id) = other.tranche_id() {
+                    self.tranche(id).lifecycle += 1;
+                }
+            }
+        }
+    }
+
+    fn tranche(&mut self, tranche_id: &str) -> &mut TrancheTally {
+        let position = match self.tranche_positions.get(tranche_id) {
+            Some(position) => *position,
+            None => {
+                self.tranches.push(TrancheTally {
+                    tranche_id: tranche_id.to_owned(),
+                    ordinal: None,
+                    definitions: 0,
+                    controls: 0,
+                    claims: 0,
+                    lifecycle: 0,
+                    counties: BTreeMap::new(),
+                });
+                self.tranche_positions
+                    .insert(tranche_id.to_owned(), self.tranches.len() - 1);
+                self.tranches.len() - 1
+            }
+        };
+        &mut self.tranches[position]
+    }
+
+    fn total(&self) -> TypeTally {
+        self.types
+            .iter()
+            .fold(TypeTally::default(), |sum, t| TypeTally {
+                records: sum.records + t.records,
+                payload_bytes: sum.payload_bytes + t.payload_bytes,
+            })
+    }
+}
+
+/// Runs `voucherd wal stats`; returns the exit code.
+pub fn run(dir: &Path, format: StatsFormat) -> i32 {
+    let mut tally = Tally::default();
+    let scanned = scan(dir, |record| {
+        let event = journal::decode(record.kind, record.payload).map_err(|e| {
+            Stop::Record(format!(
+                "cannot decode record {} (kind {}): {e}",
+                record.seq, record.kind
+            ))
+        })?;
+        tally.add(record.seq, record.payload.len(), &event);
+        Ok(())
+    });
+    let printed = scanned.and_then(|scanned| {
+        let file_bytes = scanned.segment_file_bytes()?;
+        match format {
+            StatsFormat::Table => print_table(&scanned, file_bytes, &tally),
+            StatsFormat::Json => print_json(&scanned, file_bytes, &tally),
+        }
+    });
+    match printed {
+        Ok(()) => EXIT_OK,
+        Err(failure) => fail(TOOL, &failure),
+    }
+}
+
+fn seq_range(scanned: &Scanned, tally: &Tally) -> String {
+    match tally.first_seq {
+        Some(first) => format!("seq {first} ..= {}", scanned.report.last_seq),
+        None => "an empty log".to_owned(),
+    }
+}
+
+fn print_table(scanned: &Scanned, file_bytes: u64, tally: &Tally) -> Result<(), Failure> {
+    let report = &scanned.report;
+    let mut out = stdout();
+    writeln!(out, "WAL directory   {}", scanned.dir.display())?;
+    writeln!(
+        out,
+        "segments        {} ({file_bytes} bytes of preallocated files)",
+        report.segments
+    )?;
+    writeln!(
+        out,
+        "records         {} ({})",
+        report.records,
+        seq_range(scanned, tally)
+    )?;
+    writeln!(
+        out,
+        "torn tail       {} bytes (not counted; `voucherd serve` erases them)",
+        report.truncated_tail_bytes
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "{:<20} {:>10} {:>15}",
+        "type", "records", "payload bytes"
+    )?;
+    for record_type in RecordType::ALL {
+        let t = tally.types[record_type.index()];
+        writeln!(
+            out,
+            "{:<20} {:>10} {:>15}",
+            record_type.name(),
+            t.records,
+            t.payload_bytes
+        )?;
+    }
+    let total = tally.total();
+    writeln!(
+        out,
+        "{:<20} {:>10} {:>15}",
+        "total", total.records, total.payload_bytes
+    )?;
+    for tranche in &tally.tranches {
+        writeln!(out)?;
+        let ordinal = tranche
+            .ordinal
+            .map_or_else(|| "no definition".to_owned(), |o| format!("ordinal {o}"));
+        writeln!(
+            out,
+            "tranche {} ({ordinal}): claims {}, definitions {}, controls {}, lifecycle records {}",
+            tranche.tranche_id,
+            tranche.claims,
+            tranche.definitions,
+            tranche.controls,
+            tranche.lifecycle
+        )?;
+        writeln!(out, "  {:<8} {:>10} {:>10}", "county", "quota", "claims")?;
+        for (county, c) in &tranche.counties {
+            let quota = c.quota.map_or_else(|| "-".to_owned(), |q| q.to_string());
+            writeln!(out, "  {county:<8} {quota:>10} {:>10}", c.claims)?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn print_json(scanned: &Scanned, file_bytes: u64, tally: &Tally) -> Result<(), Failure> {
+    let report = &scanned.report;
+    let types: serde_json::Map<String, Value> = RecordType::ALL
+        .iter()
+        .map(|record_type| {
+            let t = tally.types[record_type.index()];
+            (
+                record_type.name().to_owned(),
+                json!({"records": t.records, "payload_bytes": t.payload_bytes}),
+            )
+        })
+        .collect();
+    let tranches: Vec<Value> = tally
+        .tranches
+        .iter()
+        .map(|tranche| {
+            let counties: Vec<Value> = tranche
+                .counties
+                .iter()
+                .map(|(county, c)| {
+                    json!({"county": county.to_string(), "quota": c.quota, "claims": c.claims})
+                })
+                .collect();
+            json!({
+                "tranche_id": tranche.tranche_id,
+                "ordinal": tranche.ordinal,
+                "definitions": tranche.definitions,
+                "controls": tranche.controls,
+                "claims": tranche.claims,
+                "lifecycle": tranche.lifecycle,
+                "counties": counties,
+            })
+        })
+        .collect();
+    let total = tally.total();
+    let document = json!({
+        "wal_dir": scanned.dir.display().to_string(),
+        "segments": report.segments,
+        "segment_file_bytes": file_bytes,
+        "records": report.records,
+        "payload_bytes": total.payload_bytes,
+        "first_seq": tally.first_seq,
+        "last_seq": tally.first_seq.map(|_| report.last_seq),
+        "torn_tail_bytes": report.truncated_tail_bytes,
+        "record_types": types,
+        "tranches": tranches,
+    });
+    let mut out = stdout();
+    serde_json::to_writer(&mut out, &document).map_err(std::io::Error::from)?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{
+        CountyCode, Crs, Location, TrancheControl, TrancheSpec, UnixMillis, VoucherClaimed,
+    };
+
+    fn define(quotas: &[(u32, u32)]) -> Event {
+        Event::TrancheDefined {
+            ordinal: 0,
+            spec: TrancheSpec {
+                tranche_id: "t".into(),
+                campaign_id: "c".into(),
+                opens_at: UnixMillis(0),
+                closes_at: UnixMillis(1),
+                expires_at: UnixMillis(2),
+                face_value_fen: 1,
+                threshold_fen: 0,
+                quotas: quotas.iter().map(|(c, q)| (CountyCode(*c), *q)).collect(),
+                redeem_anywhere_in_city: false,
+                industries: vec![],
+            },
+        }
+    }
+
+    fn claim(county: u32) -> Event {
+        Event::VoucherClaimed(VoucherClaimed {
+            tranche_id: "t".into(),
+            voucher_random: u64::from(county),
+            county: CountyCode(county),
+            claimed_at: UnixMillis(0),
+            user_id: "u".into(),
+            id_hash: None,
+            phone_hash: None,
+            device_id: None,
+            request_id: "r".into(),
+            request_fingerprint: 0,
+            location: Location {
+                lng: 0.0,
+                lat: 0.0,
+                crs: Crs::Gcj02,
+            },
+        })
+    }
+
+    #[test]
+    fn counts_per_type_tranche_and_county() {
+        let mut tally = Tally::default();
+        let events = [
+            define(&[(1, 5), (2, 5)]),
+            define(&[(2, 7), (3, 9)]),
+            Event::TrancheControlled {
+                tranche_id: "t".into(),
+                control: TrancheControl::Pause,
+                at: UnixMillis(0),
+            },
+            claim(2),
+            claim(2),
+            claim(3),
+        ];
+        for (seq, event) in (1..).zip(&events) {
+            tally.add(seq, 10, event);
+        }
+        assert_eq!(tally.first_seq, Some(1));
+        let records: Vec<u64> = tally.types.iter().map(|t| t.records).collect();
+        assert_eq!(records, [0, 2, 1, 3, 0, 0, 0, 0, 0]);
+        assert_eq!(tally.total().payload_bytes, 60);
+        let [tranche] = tally.tranches.as_slice() else {
+            panic!("one tranche: {:?}", tally.tranches)
+        };
+        assert_eq!(
+            (
+                tranche.ordinal,
+                tranche.definitions,
+                tranche.controls,
+                tranche.claims
+            ),
+            (Some(0), 2, 1, 3)
+        );
+        let counties: Vec<(u32, Option<u32>, u64)> = tranche
+            .counties
+            .iter()
+            .map(|(county, c)| (*county, c.quota, c.claims))
+            .collect();
+        assert_eq!(counties, [(2, Some(7), 2), (3, Some(9), 1)]);
+    }
+}
