@@ -14,6 +14,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::core::catalog::{check_campaign_name, check_object_id};
+use crate::core::merchant::{
+    MAX_INDUSTRIES, MAX_PLATFORMS, check_industry_name, check_platform_name,
+};
 use crate::core::{CampaignSpec, CountyCode, TrancheSpec, UnixMillis};
 use crate::wire_time::parse_rfc3339;
 
@@ -41,6 +44,14 @@ pub struct Config {
     pub counties: Vec<CountyConfig>,
     pub campaigns: Vec<CampaignSpec>,
     pub tranches: Vec<TrancheSpec>,
+    pub merchants: MerchantsConfig,
+}
+
+/// The industries and platforms merchant imports may name.
+#[derive(Clone, Debug)]
+pub struct MerchantsConfig {
+    pub industries: Vec<String>,
+    pub platforms: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -199,6 +210,7 @@ impl Validator {
         let counties = self.counties(raw.counties, regions.as_ref());
         let campaigns = self.campaigns(raw.campaigns);
         let tranches = self.tranches(raw.tranches, &counties, &campaigns);
+        let merchants = self.merchants(raw.merchants);
         Some(Config {
             source_path: self.file.clone(),
             server: server?,
@@ -208,7 +220,48 @@ impl Validator {
             counties,
             campaigns,
             tranches,
+            merchants,
         })
+    }
+
+    fn merchants(&mut self, raw: raw::RawMerchants) -> MerchantsConfig {
+        self.term_list(
+            "merchants.industries",
+            &raw.industries,
+            MAX_INDUSTRIES,
+            check_industry_name,
+        );
+        self.term_list(
+            "merchants.platforms",
+            &raw.platforms,
+            MAX_PLATFORMS,
+            check_platform_name,
+        );
+        MerchantsConfig {
+            industries: raw.industries,
+            platforms: raw.platforms,
+        }
+    }
+
+    /// A non-empty list of unique terms, each passing `check`.
+    fn term_list(
+        &mut self,
+        key: &str,
+        terms: &[String],
+        max: usize,
+        check: fn(&str) -> Result<(), String>,
+    ) {
+        if terms.is_empty() || terms.len() > max {
+            self.fail(key, format!("must list 1 to {max} entries"));
+        }
+        for (i, term) in terms.iter().enumerate() {
+            if let Err(reason) = check(term) {
+                self.fail(format!("{key}[{i}]"), reason);
+            }
+            if terms[..i].contains(term) {
+                self.fail(format!("{key}[{i}]"), format!("{term:?} is listed twice"));
+            }
+        }
     }
 
     fn server(&mut self, raw: raw::RawServer) -> Option<ServerConfig> {

@@ -18,6 +18,29 @@ pub struct RawConfig {
     pub campaigns: Vec<RawCampaign>,
     #[serde(default)]
     pub tranches: Vec<RawTranche>,
+    #[serde(default)]
+    pub merchants: RawMerchants,
+}
+
+/// What merchant imports may contain. Both lists keep their order for display.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMerchants {
+    pub industries: Vec<String>,
+    pub platforms: Vec<String>,
+}
+
+impl Default for RawMerchants {
+    fn default() -> Self {
+        RawMerchants {
+            industries: ["餐饮", "零售", "商超", "家电", "汽车", "文旅", "其他"]
+                .map(String::from)
+                .to_vec(),
+            platforms: ["alipay", "wechat", "unionpay", "meituan"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -4,6 +4,7 @@
 //! applies the same events in the same order. Every field needed to rebuild
 //! the state is inside the event; nothing is recomputed from the clock.
 
+use super::merchant::{Merchant, MerchantStatus};
 use super::time::UnixMillis;
 use super::tranche::{CountyCode, TrancheSpec};
 
@@ -54,6 +55,24 @@ pub struct VoucherClaimed {
     pub location: Location,
 }
 
+/// One part of a merchant import. An import is written as `parts` records
+/// (numbered from 0) so each stays well under the WAL's record size limit; it
+/// takes effect only as a whole (see `merchant::ImportAssembler`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MerchantsImported {
+    pub part: u32,
+    pub parts: u32,
+    pub merchants: Vec<Merchant>,
+}
+
+/// A merchant suspended or resumed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MerchantStatusChanged {
+    pub merchant_id: String,
+    pub status: MerchantStatus,
+    pub at: UnixMillis,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     CampaignDefined(CampaignSpec),
@@ -68,4 +87,6 @@ pub enum Event {
         at: UnixMillis,
     },
     VoucherClaimed(VoucherClaimed),
+    MerchantsImported(MerchantsImported),
+    MerchantStatusChanged(MerchantStatusChanged),
 }
