@@ -21,7 +21,9 @@
 //! The merchant registry sits behind its own `RwLock`, apart from the tranche
 //! shards: lookups (redemption, reads) share it, imports and status changes
 //! take it for writing only to append and apply. Lock order, where several are
-//! held: catalog, then tranche shards, then merchants.
+//! held: merchants, then catalog, then tranche shards. Never wait for the
+//! merchants lock while holding a tranche lock (a checkpoint holds the
+//! merchants' read lock while it takes every tranche lock).
 
 use std::sync::Arc;
 
@@ -744,13 +746,15 @@ impl Dispenser {
     /// for a moment (vouchers are shared, not copied); every WAL record up to
     /// `covered_seq` is in it and none after.
     pub fn checkpoint(&self) -> Checkpoint {
+        // Merchants first (the lock order): waiting here for an import's
+        // write lock holds no tranche lock, so claims go on meanwhile.
+        let merchants = self.merchants.read();
         let catalog = self.catalog.read();
         let books: Vec<_> = catalog
             .tranches()
             .iter()
             .map(|shard| shard.lock())
             .collect();
-        let merchants = self.merchants.read();
         // Every append happens under a tranche lock, the catalog write lock or
         // the merchants' write lock, all held or excluded here, so nothing can
         // be appended right now (and no import is half queued).

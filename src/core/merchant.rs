@@ -10,12 +10,17 @@
 //! Merchants are stored in chunks of [`CHUNK_MERCHANTS`] behind `Arc`s, so a
 //! checkpoint takes a consistent copy of millions of them by cloning the chunk
 //! pointers ([`MerchantRegistry::share`]); a later change to a shared chunk
-//! copies that one chunk first (copy on write). A sorted index by
-//! `merchant_id` answers lookups and gives listings a stable order.
+//! copies that one chunk first (copy on write). Two indexes point at them: a
+//! hash table of ordinals (4 bytes a merchant, no copy of the ID) answers
+//! `get`, the hot lookup; a sorted map by `merchant_id` gives listings a
+//! stable order.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::Arc;
+
+use hashbrown::HashTable;
+use xxhash_rust::xxh3::xxh3_64;
 
 use super::event::{MerchantStatusChanged, MerchantsImported};
 use super::time::UnixMillis;
@@ -322,6 +327,10 @@ type Chunk = Arc<Vec<Merchant>>;
 pub struct MerchantRegistry {
     chunks: Vec<Chunk>,
     len: usize,
+    /// Ordinals hashed by their merchant's ID: the lookup index. The hash is
+    /// unkeyed; only authenticated operators choose the IDs it holds.
+    ordinal_by_hash: HashTable<u32>,
+    /// The same ordinals in ID order: the listing index.
     ordinal_by_id: BTreeMap<String, u32>,
     cells: BTreeMap<CountyCode, BTreeMap<String, StatusCounts>>,
     totals: StatusCounts,
@@ -345,13 +354,20 @@ impl MerchantRegistry {
 
     /// The merchant with this ID: the lookup redemption uses.
     pub fn get(&self, merchant_id: &str) -> Option<&Merchant> {
-        let ordinal = *self.ordinal_by_id.get(merchant_id)?;
+        let ordinal = self.ordinal(merchant_id)?;
         Some(self.at(ordinal))
     }
 
+    fn ordinal(&self, merchant_id: &str) -> Option<u32> {
+        self.ordinal_by_hash
+            .find(xxh3_64(merchant_id.as_bytes()), |o| {
+                self.at(*o).merchant_id == merchant_id
+            })
+            .copied()
+    }
+
     fn at(&self, ordinal: u32) -> &Merchant {
-        let i = ordinal as usize;
-        &self.chunks[i / CHUNK_MERCHANTS][i % CHUNK_MERCHANTS]
+        merchant_at(&self.chunks, ordinal)
     }
 
     /// Merchants by status, over the whole registry.
@@ -381,7 +397,7 @@ impl MerchantRegistry {
             return Err(errors);
         }
         let row_count = rows.len();
-        let mut created = Vec::new();
+        let mut created = Vec::with_capacity(row_count);
         let mut unchanged = 0;
         for (row, fate) in rows.into_iter().zip(fates) {
             match fate {
@@ -418,7 +434,8 @@ impl MerchantRegistry {
         rules: &MerchantRules,
         errors: &mut RowErrors,
     ) -> Vec<RowFate> {
-        let mut first_line: HashMap<&str, u64> = HashMap::with_capacity(rows.len());
+        // Row indexes by merchant_id hash: the first row with each ID.
+        let mut first_row: HashTable<usize> = HashTable::with_capacity(rows.len());
         let mut new_count = 0usize;
         let mut fates = Vec::with_capacity(rows.len());
         for (index, row) in rows.iter().enumerate() {
@@ -439,16 +456,22 @@ impl MerchantRegistry {
                 }
             };
             check("merchant_id", check_merchant_id(&row.merchant_id));
-            if let Some(first) = first_line.insert(&row.merchant_id, line) {
-                // Keep pointing at the first occurrence for later duplicates.
-                first_line.insert(&row.merchant_id, first);
-                check(
+            match first_row.entry(
+                xxh3_64(row.merchant_id.as_bytes()),
+                |i| rows[*i].merchant_id == row.merchant_id,
+                |i| xxh3_64(rows[*i].merchant_id.as_bytes()),
+            ) {
+                hashbrown::hash_table::Entry::Occupied(first) => check(
                     "merchant_id",
                     Err(format!(
-                        "{} appears more than once in the file; first on line {first}",
-                        row.merchant_id
+                        "{} appears more than once in the file; first on line {}",
+                        row.merchant_id,
+                        rows[*first.get()].line
                     )),
-                );
+                ),
+                hashbrown::hash_table::Entry::Vacant(slot) => {
+                    slot.insert(index);
+                }
             }
             check("name", check_merchant_name(&row.name));
             let county = rules.check_county(&row.county);
@@ -520,7 +543,7 @@ impl MerchantRegistry {
         }
         let mut seen = HashMap::with_capacity(merchants.len());
         for m in merchants {
-            if self.ordinal_by_id.contains_key(&m.merchant_id)
+            if self.ordinal(&m.merchant_id).is_some()
                 || seen.insert(m.merchant_id.as_str(), ()).is_some()
             {
                 return Err(format!("merchant {} recorded twice", m.merchant_id));
@@ -536,16 +559,28 @@ impl MerchantRegistry {
             self.len + merchants.len() <= MAX_MERCHANTS,
             "merchant limit exceeded by an applied import"
         );
+        let chunks = &self.chunks;
+        self.ordinal_by_hash.reserve(merchants.len(), |o| {
+            xxh3_64(merchant_at(chunks, *o).merchant_id.as_bytes())
+        });
         for merchant in merchants {
             let ordinal = u32::try_from(self.len).expect("MAX_MERCHANTS fits u32");
-            let previous = self
-                .ordinal_by_id
+            let hash = xxh3_64(merchant.merchant_id.as_bytes());
+            let chunks = &self.chunks;
+            match self.ordinal_by_hash.entry(
+                hash,
+                |o| merchant_at(chunks, *o).merchant_id == merchant.merchant_id,
+                |o| xxh3_64(merchant_at(chunks, *o).merchant_id.as_bytes()),
+            ) {
+                hashbrown::hash_table::Entry::Occupied(_) => {
+                    panic!("merchant {} imported twice", merchant.merchant_id)
+                }
+                hashbrown::hash_table::Entry::Vacant(slot) => {
+                    slot.insert(ordinal);
+                }
+            }
+            self.ordinal_by_id
                 .insert(merchant.merchant_id.clone(), ordinal);
-            assert!(
-                previous.is_none(),
-                "merchant {} imported twice",
-                merchant.merchant_id
-            );
             *self
                 .cell(merchant.county, &merchant.industry)
                 .slot(merchant.status) += 1;
@@ -587,9 +622,8 @@ impl MerchantRegistry {
     }
 
     pub fn apply_status(&mut self, change: &MerchantStatusChanged) {
-        let ordinal = *self
-            .ordinal_by_id
-            .get(&change.merchant_id)
+        let ordinal = self
+            .ordinal(&change.merchant_id)
             .unwrap_or_else(|| panic!("status change for unknown merchant {}", change.merchant_id));
         let i = ordinal as usize;
         let chunk = Arc::make_mut(&mut self.chunks[i / CHUNK_MERCHANTS]);
@@ -659,14 +693,25 @@ impl MerchantRegistry {
     pub fn check_invariants(&self) {
         let stored: usize = self.chunks.iter().map(|c| c.len()).sum();
         assert_eq!(stored, self.len, "chunk lengths add up to len");
-        assert_eq!(self.ordinal_by_id.len(), self.len, "one index entry each");
+        assert_eq!(
+            self.ordinal_by_id.len(),
+            self.len,
+            "one ID index entry each"
+        );
+        assert_eq!(self.ordinal_by_hash.len(), self.len, "one hash entry each");
         let mut totals = StatusCounts::default();
         let mut cells: BTreeMap<(CountyCode, &str), StatusCounts> = BTreeMap::new();
         for (ordinal, merchant) in self.chunks.iter().flat_map(|c| c.iter()).enumerate() {
             assert_eq!(
                 self.ordinal_by_id.get(&merchant.merchant_id),
                 Some(&(ordinal as u32)),
-                "index points at {}",
+                "ID index points at {}",
+                merchant.merchant_id
+            );
+            assert_eq!(
+                self.ordinal(&merchant.merchant_id),
+                Some(ordinal as u32),
+                "hash index points at {}",
                 merchant.merchant_id
             );
             *totals.slot(merchant.status) += 1;
@@ -682,6 +727,11 @@ impl MerchantRegistry {
             .collect();
         assert_eq!(cells, kept, "county × industry counts");
     }
+}
+
+fn merchant_at(chunks: &[Chunk], ordinal: u32) -> &Merchant {
+    let i = ordinal as usize;
+    &chunks[i / CHUNK_MERCHANTS][i % CHUNK_MERCHANTS]
 }
 
 fn differing_fields(
