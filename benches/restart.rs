@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use voucherd::core::{
-    CampaignSpec, CountyCode, Crs, DigestKey, Event, Location, TrancheSpec, UnixMillis,
-    VoucherClaimed,
+    CampaignSpec, CountyCode, Crs, DigestKey, Event, Location, MerchantRules, TrancheSpec,
+    UnixMillis, VoucherClaimed,
 };
 use voucherd::dispenser::{CountyDirectory, Dispenser, Recovered};
 use voucherd::geo::{RegionIndex, SeatIndex};
@@ -221,7 +221,12 @@ fn main() {
             .map(|c| (CountyCode(*c), format!("c{c}")))
             .collect(),
     );
-    let dispenser = Arc::new(Dispenser::new(recovered, counties, regions, wal));
+    let rules = MerchantRules::new(
+        COUNTIES.iter().map(|c| CountyCode(*c)).collect(),
+        vec!["餐饮".into()],
+        vec!["alipay".into()],
+    );
+    let dispenser = Arc::new(Dispenser::new(recovered, counties, rules, regions, wal));
     let t = Instant::now();
     let checkpoint = dispenser.checkpoint();
     let capture = t.elapsed();

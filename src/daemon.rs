@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::api::{self, App, Listener};
 use crate::config::{self, Config, RegionSource};
-use crate::core::{DigestKey, TrancheSpec, UnixMillis};
+use crate::core::{DigestKey, MerchantRules, TrancheSpec, UnixMillis};
 use crate::dispenser::{CountyDirectory, Defined, Dispenser, Recovered};
 use crate::geo::{self, RegionIndex};
 use crate::snapshot;
@@ -247,6 +247,7 @@ fn write_checkpoint(dispenser: &Dispenser, dir: &Path) -> Option<u64> {
     let captured = started.elapsed();
     let covered_seq = checkpoint.covered_seq;
     let vouchers = checkpoint.voucher_count();
+    let merchants = checkpoint.merchants.len();
     match snapshot::write(dir, &checkpoint, system_now(), |seq| {
         dispenser.wait_durable_blocking(seq)
     }) {
@@ -256,6 +257,7 @@ fn write_checkpoint(dispenser: &Dispenser, dir: &Path) -> Option<u64> {
                 path = %path.display(),
                 covered_seq,
                 vouchers,
+                merchants,
                 capture_us = captured.as_micros() as u64,
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "snapshot written"
@@ -350,7 +352,12 @@ fn recover(config: &Config, regions: RegionIndex) -> Result<(Dispenser, u64), i3
             .map(|c| (c.code, c.name.clone()))
             .collect(),
     );
-    let dispenser = Dispenser::new(recovered, counties, regions, wal);
+    let merchant_rules = MerchantRules::new(
+        config.counties.iter().map(|c| c.code).collect(),
+        config.merchants.industries.clone(),
+        config.merchants.platforms.clone(),
+    );
+    let dispenser = Dispenser::new(recovered, counties, merchant_rules, regions, wal);
     seed(config, &dispenser)?;
     Ok((dispenser, covered_seq))
 }

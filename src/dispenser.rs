@@ -17,23 +17,33 @@
 //! voucher issued by someone else's still-unsynced record (a retry, or an
 //! `already_claimed`) also waits until the WAL is durable past that record, so
 //! no answer ever reveals state that a crash could take back.
+//!
+//! The merchant registry sits behind its own `RwLock`, apart from the tranche
+//! shards: lookups (redemption, reads) share it, imports and status changes
+//! take it for writing only to append and apply. Lock order, where several are
+//! held: merchants, then catalog, then tranche shards. Never wait for the
+//! merchants lock while holding a tranche lock (a checkpoint holds the
+//! merchants' read lock while it takes every tranche lock).
 
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockUpgradableReadGuard};
 use tokio::sync::oneshot;
 
+use crate::core::merchant::{Assembled, ImportAssembler, MerchantPage};
 use crate::core::{
     CampaignSpec, Catalog, CatalogError, ClaimCommand, ClaimDecision, ControlDecision, CountyCode,
-    DigestKey, Event, IdentityKeys, Location, RedemptionId, Refusal, TrancheBook, TrancheControl,
-    TrancheSpec, TrancheState, UnixMillis, VoucherId,
+    DigestKey, Event, IdentityKeys, ImportRow, Location, Merchant, MerchantFilter,
+    MerchantRegistry, MerchantRules, MerchantStatus, RedemptionId, Refusal, RowErrors,
+    StatusCounts, TrancheBook, TrancheControl, TrancheSpec, TrancheState, UnixMillis,
+    UnknownMerchant, VoucherId,
 };
 use crate::geo::RegionIndex;
 mod lifecycle;
 
 pub use lifecycle::{
-    MAX_REVOKE_TARGETS, PoolRequest, RedeemInput, RedeemOutcome, RedemptionView, RefundOutcome,
-    RevokeReport, RevokeTargets,
+    MAX_REVOKE_TARGETS, MerchantSnapshot, PoolRequest, RedeemInput, RedeemOutcome, RedemptionView,
+    RefundOutcome, RevokeReport, RevokeTargets,
 };
 
 use crate::core::lifecycle::{Ledger, TrancheMoney, VoucherState};
@@ -58,6 +68,10 @@ impl CountyDirectory {
     pub fn name(&self, code: CountyCode) -> Option<&str> {
         let i = self.entries.binary_search_by_key(&code, |(c, _)| *c).ok()?;
         Some(&self.entries[i].1)
+    }
+    /// Every configured county code, in order.
+    pub fn codes(&self) -> impl Iterator<Item = CountyCode> + '_ {
+        self.entries.iter().map(|(c, _)| *c)
     }
 }
 
@@ -207,11 +221,58 @@ pub enum ReplayError {
     Inconsistent { seq: u64, reason: String },
 }
 
+/// What an import, or its dry run, amounts to.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ImportSummary {
+    pub created: usize,
+    pub unchanged: usize,
+    pub rows: usize,
+}
+
+#[derive(Debug)]
+pub enum ImportError {
+    /// Some rows are not acceptable; nothing was written.
+    Rejected(RowErrors),
+    /// The WAL refused a record; the import did not take effect.
+    Unavailable(AppendError),
+}
+
+#[derive(Debug)]
+pub enum MerchantError {
+    UnknownMerchant,
+    Unavailable(AppendError),
+}
+
+impl From<UnknownMerchant> for MerchantError {
+    fn from(_: UnknownMerchant) -> Self {
+        MerchantError::UnknownMerchant
+    }
+}
+
+/// A page of merchants, copied out of the registry.
+#[derive(Debug)]
+pub struct MerchantListing {
+    pub merchants: Vec<Merchant>,
+    pub next_page_token: Option<String>,
+}
+
+/// The registry and the seq of the newest merchant record applied to it:
+/// an answer showing merchants waits until the WAL is durable through it.
+struct MerchantShard {
+    registry: MerchantRegistry,
+    last_seq: u64,
+}
+
 /// State rebuilt from the WAL, before the WAL is open for appends.
 pub struct Recovered {
     catalog: Catalog<Shard>,
     orders: OrderBook,
     digest_key: DigestKey,
+    merchants: MerchantRegistry,
+    merchant_parts: ImportAssembler,
+    merchants_last_seq: u64,
+    /// Parts of imports that never completed (dropped, as they were never answered).
+    pub abandoned_import_parts: u64,
     pub records: u64,
 }
 
@@ -221,8 +282,52 @@ impl Recovered {
             catalog: Catalog::default(),
             orders: OrderBook::new(digest_key),
             digest_key,
+            merchants: MerchantRegistry::default(),
+            merchant_parts: ImportAssembler::default(),
+            merchants_last_seq: 0,
+            abandoned_import_parts: 0,
             records: 0,
         }
+    }
+
+    /// The merchants rebuilt so far (an unfinished import is not among them).
+    pub fn merchants(&self) -> &MerchantRegistry {
+        &self.merchants
+    }
+
+    fn apply_merchant_event(&mut self, seq: u64, event: Event) -> Result<(), ReplayError> {
+        let inconsistent = |reason: String| ReplayError::Inconsistent { seq, reason };
+        match event {
+            Event::MerchantsImported(part) => {
+                if part.part == 0 {
+                    // A new import begins: one still unfinished was cut short.
+                    self.abandoned_import_parts += u64::from(self.merchant_parts.abandon());
+                }
+                match self.merchant_parts.push(part).map_err(inconsistent)? {
+                    Assembled::Pending => {}
+                    Assembled::Complete(merchants) => {
+                        self.merchants
+                            .check_import(&merchants)
+                            .map_err(inconsistent)?;
+                        self.merchants.apply_import(merchants);
+                        self.merchants_last_seq = seq;
+                    }
+                }
+            }
+            Event::MerchantStatusChanged(change) => {
+                self.abandoned_import_parts += u64::from(self.merchant_parts.abandon());
+                if self.merchants.get(&change.merchant_id).is_none() {
+                    return Err(inconsistent(format!(
+                        "status change for unknown merchant {}",
+                        change.merchant_id
+                    )));
+                }
+                self.merchants.apply_status(&change);
+                self.merchants_last_seq = seq;
+            }
+            other => unreachable!("not a merchant event: {other:?}"),
+        }
+        Ok(())
     }
 
     /// Applies one WAL record. Decided events are facts: they are applied, not re-decided.
@@ -264,6 +369,9 @@ impl Recovered {
                 // record that breaks them is a bug, and the daemon must crash.
                 shard.lock().replay_claim(claim, seq);
             }
+            event @ (Event::MerchantsImported(_) | Event::MerchantStatusChanged(_)) => {
+                self.apply_merchant_event(seq, event)?;
+            }
             event => {
                 let tranche_id = event.tranche_id().unwrap_or_default().to_owned();
                 let shard = self
@@ -301,6 +409,8 @@ pub struct Dispenser {
     catalog: RwLock<Catalog<Shard>>,
     /// Redemptions by (merchant, order), across tranches. Lock order: orders, then a tranche.
     orders: Mutex<OrderBook>,
+    merchants: RwLock<MerchantShard>,
+    merchant_rules: MerchantRules,
     counties: CountyDirectory,
     regions: RegionIndex,
     wal: Wal,
@@ -309,17 +419,32 @@ pub struct Dispenser {
 
 impl Dispenser {
     pub fn new(
-        recovered: Recovered,
+        mut recovered: Recovered,
         counties: CountyDirectory,
+        merchant_rules: MerchantRules,
         regions: RegionIndex,
         wal: Wal,
     ) -> Dispenser {
         for shard in recovered.catalog.tranches() {
             shard.lock().check_invariants();
         }
+        recovered.merchants.check_invariants();
+        // An import whose last part is not in the log was never answered: drop it.
+        recovered.abandoned_import_parts += u64::from(recovered.merchant_parts.abandon());
+        if recovered.abandoned_import_parts > 0 {
+            tracing::warn!(
+                parts = recovered.abandoned_import_parts,
+                "merchant import records without their final part were dropped (an import cut short by a crash or a refused append; it was never acknowledged)"
+            );
+        }
         Dispenser {
             catalog: RwLock::new(recovered.catalog),
             orders: Mutex::new(recovered.orders),
+            merchants: RwLock::new(MerchantShard {
+                registry: recovered.merchants,
+                last_seq: recovered.merchants_last_seq,
+            }),
+            merchant_rules,
             counties,
             regions,
             wal,
@@ -575,21 +700,172 @@ impl Dispenser {
             .map_err(AdminError::Unavailable)
     }
 
+    pub fn merchant_rules(&self) -> &MerchantRules {
+        &self.merchant_rules
+    }
+
+    /// Checks an import without writing anything (a dry run).
+    pub fn validate_merchants(
+        &self,
+        rows: Vec<ImportRow>,
+    ) -> Result<(ImportSummary, Durability), ImportError> {
+        let shard = self.merchants.read();
+        let import = shard
+            .registry
+            .decide_import(rows, &self.merchant_rules)
+            .map_err(ImportError::Rejected)?;
+        let summary = ImportSummary {
+            created: import.created.len(),
+            unchanged: import.unchanged,
+            rows: import.rows,
+        };
+        let durability = self
+            .durability(shard.last_seq)
+            .map_err(ImportError::Unavailable)?;
+        Ok((summary, durability))
+    }
+
+    /// Imports merchants: all rows or none. The rows are checked under an
+    /// upgradable read lock, so lookups go on meanwhile; the write lock is held
+    /// only to queue the records (no I/O) and apply them. Every part is queued
+    /// before the answer, which waits for the last part's durability.
+    pub fn import_merchants(
+        &self,
+        rows: Vec<ImportRow>,
+    ) -> Result<(ImportSummary, Durability), ImportError> {
+        let shard = self.merchants.upgradable_read();
+        let import = shard
+            .registry
+            .decide_import(rows, &self.merchant_rules)
+            .map_err(ImportError::Rejected)?;
+        let summary = ImportSummary {
+            created: import.created.len(),
+            unchanged: import.unchanged,
+            rows: import.rows,
+        };
+        if import.created.is_empty() {
+            let durability = self
+                .durability(shard.last_seq)
+                .map_err(ImportError::Unavailable)?;
+            return Ok((summary, durability));
+        }
+        let payloads = journal::encode_merchant_import(&import.created);
+        let mut shard = RwLockUpgradableReadGuard::upgrade(shard);
+        let mut last = None;
+        for payload in payloads {
+            let (tx, rx) = oneshot::channel();
+            // A refusal part-way leaves earlier parts in the log without their
+            // last part; replay drops them, and nothing is applied here either.
+            let seq = self
+                .wal
+                .append(journal::KIND_MERCHANTS_IMPORTED, payload, tx)
+                .map_err(ImportError::Unavailable)?;
+            last = Some((seq, rx));
+        }
+        let (seq, rx) = last.expect("a non-empty import has parts");
+        shard.registry.apply_import(import.created);
+        shard.last_seq = seq;
+        Ok((summary, Durability::Wait(rx)))
+    }
+
+    /// Suspends or resumes a merchant; a no-op if it already has `status`.
+    pub fn set_merchant_status(
+        &self,
+        merchant_id: &str,
+        status: MerchantStatus,
+        now: UnixMillis,
+    ) -> Result<(Merchant, Durability), MerchantError> {
+        let mut shard = self.merchants.write();
+        let durability = match shard.registry.decide_status(merchant_id, status, now)? {
+            None => self
+                .durability(shard.last_seq)
+                .map_err(MerchantError::Unavailable)?,
+            Some(change) => {
+                let event = Event::MerchantStatusChanged(change);
+                let (tx, rx) = oneshot::channel();
+                let seq = self
+                    .wal
+                    .append(journal::kind_of(&event), journal::encode(&event), tx)
+                    .map_err(MerchantError::Unavailable)?;
+                let Event::MerchantStatusChanged(change) = event else {
+                    unreachable!()
+                };
+                shard.registry.apply_status(&change);
+                shard.last_seq = seq;
+                Durability::Wait(rx)
+            }
+        };
+        let merchant = shard
+            .registry
+            .get(merchant_id)
+            .cloned()
+            .expect("decide_status found it");
+        Ok((merchant, durability))
+    }
+
+    /// One merchant, once every merchant record it may depend on is durable.
+    pub fn merchant(&self, merchant_id: &str) -> Option<(Merchant, Durability)> {
+        let shard = self.merchants.read();
+        let merchant = shard.registry.get(merchant_id)?.clone();
+        let durability = self.durability(shard.last_seq).ok()?;
+        Some((merchant, durability))
+    }
+
+    /// Reads the registry under its read lock (for redemption and listings).
+    /// Keep `f` short: imports and status changes wait for it.
+    pub fn read_merchants<R>(&self, f: impl FnOnce(&MerchantRegistry) -> R) -> R {
+        f(&self.merchants.read().registry)
+    }
+
+    pub fn list_merchants(
+        &self,
+        filter: &MerchantFilter<'_>,
+        page_token: Option<&str>,
+        page_size: usize,
+    ) -> Result<(MerchantListing, Durability), AppendError> {
+        let shard = self.merchants.read();
+        let MerchantPage {
+            merchants,
+            next_page_token,
+        } = shard.registry.list(filter, page_token, page_size);
+        let listing = MerchantListing {
+            merchants: merchants.into_iter().cloned().collect(),
+            next_page_token,
+        };
+        Ok((listing, self.durability(shard.last_seq)?))
+    }
+
+    /// Counts by (county, industry) cell, and totals by status.
+    pub fn merchant_counts(&self) -> (Vec<(CountyCode, String, StatusCounts)>, StatusCounts) {
+        let shard = self.merchants.read();
+        let cells = shard
+            .registry
+            .counts()
+            .map(|(county, industry, counts)| (county, industry.to_owned(), counts))
+            .collect();
+        (cells, shard.registry.totals())
+    }
+
     /// A consistent copy of the whole state, for a snapshot. Holds every lock
     /// for a moment (vouchers are shared, not copied); every WAL record up to
     /// `covered_seq` is in it and none after.
     pub fn checkpoint(&self) -> Checkpoint {
+        // Merchants first (the lock order): waiting here for an import's
+        // write lock holds no tranche lock, so claims go on meanwhile.
+        let merchants = self.merchants.read();
         let catalog = self.catalog.read();
         let books: Vec<_> = catalog
             .tranches()
             .iter()
             .map(|shard| shard.lock())
             .collect();
-        // Every append happens under a tranche lock or the catalog write lock,
-        // all held or excluded here, so nothing can be appended right now.
+        // Every append happens under a tranche lock, the catalog write lock or
+        // the merchants' write lock, all held or excluded here, so nothing can
+        // be appended right now (and no import is half queued).
         let covered_seq = self.wal.next_seq() - 1;
         Checkpoint {
             covered_seq,
+            merchants: merchants.registry.share(),
             campaigns: catalog.campaigns().cloned().collect(),
             tranches: books
                 .iter()
@@ -686,5 +962,112 @@ fn geo_crs(crs: crate::core::Crs) -> crate::geo::Crs {
     match crs {
         crate::core::Crs::Gcj02 => crate::geo::Crs::Gcj02,
         crate::core::Crs::Wgs84 => crate::geo::Crs::Wgs84,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::MerchantStatusChanged;
+
+    fn merchants(range: std::ops::Range<usize>) -> Vec<Merchant> {
+        range
+            .map(|i| Merchant {
+                merchant_id: format!("m{i:06}"),
+                name: format!("宜昌第{i}号店，老字号小吃与特产"),
+                county: CountyCode(420502),
+                industry: "餐饮".into(),
+                platform: "alipay".into(),
+                status: MerchantStatus::Active,
+            })
+            .collect()
+    }
+
+    fn apply_all(recovered: &mut Recovered, seq: &mut u64, kind: u8, payloads: &[Vec<u8>]) {
+        for payload in payloads {
+            *seq += 1;
+            recovered.apply(*seq, kind, payload).expect("applies");
+        }
+    }
+
+    #[test]
+    fn replay_drops_an_import_cut_short_and_keeps_whole_ones() {
+        let mut recovered = Recovered::new(DigestKey::new(1, 2));
+        let mut seq = 0;
+        let first = journal::encode_merchant_import(&merchants(0..2_000));
+        assert!(first.len() >= 3, "several parts");
+        apply_all(
+            &mut recovered,
+            &mut seq,
+            journal::KIND_MERCHANTS_IMPORTED,
+            &first,
+        );
+        assert_eq!(recovered.merchants().len(), 2_000);
+
+        // An import whose last part never reached the log, then another import.
+        let cut = journal::encode_merchant_import(&merchants(2_000..4_000));
+        let kept = &cut[..cut.len() - 1];
+        apply_all(
+            &mut recovered,
+            &mut seq,
+            journal::KIND_MERCHANTS_IMPORTED,
+            kept,
+        );
+        assert_eq!(
+            recovered.merchants().len(),
+            2_000,
+            "not applied before its last part"
+        );
+        let next = journal::encode_merchant_import(&merchants(4_000..4_010));
+        apply_all(
+            &mut recovered,
+            &mut seq,
+            journal::KIND_MERCHANTS_IMPORTED,
+            &next,
+        );
+        assert_eq!(recovered.merchants().len(), 2_010);
+        assert!(recovered.merchants().get("m002000").is_none());
+        assert_eq!(recovered.abandoned_import_parts, kept.len() as u64);
+
+        // A status change also ends an unfinished import; a part out of order is refused.
+        apply_all(
+            &mut recovered,
+            &mut seq,
+            journal::KIND_MERCHANTS_IMPORTED,
+            &cut[..1],
+        );
+        let change = Event::MerchantStatusChanged(MerchantStatusChanged {
+            merchant_id: "m000001".into(),
+            status: MerchantStatus::Suspended,
+            at: UnixMillis(9),
+        });
+        seq += 1;
+        recovered
+            .apply(seq, journal::kind_of(&change), &journal::encode(&change))
+            .expect("status applies");
+        assert_eq!(recovered.abandoned_import_parts, kept.len() as u64 + 1);
+        assert!(
+            !recovered
+                .merchants()
+                .get("m000001")
+                .expect("m1")
+                .is_active()
+        );
+        seq += 1;
+        let out_of_order = recovered.apply(seq, journal::KIND_MERCHANTS_IMPORTED, &cut[1]);
+        assert!(matches!(
+            out_of_order,
+            Err(ReplayError::Inconsistent { .. })
+        ));
+
+        // Recording a merchant twice is refused, not applied.
+        let mut fresh = Recovered::new(DigestKey::new(1, 2));
+        let one = journal::encode_merchant_import(&merchants(0..1));
+        fresh
+            .apply(1, journal::KIND_MERCHANTS_IMPORTED, &one[0])
+            .expect("first");
+        let twice = fresh.apply(2, journal::KIND_MERCHANTS_IMPORTED, &one[0]);
+        assert!(matches!(twice, Err(ReplayError::Inconsistent { .. })));
+        recovered.merchants().check_invariants();
     }
 }

@@ -11,7 +11,8 @@ use crate::core::event::{
     VouchersRevoked,
 };
 use crate::core::{
-    CampaignSpec, CountyCode, Crs, Event, Location, TrancheControl, TrancheSpec, UnixMillis,
+    CampaignSpec, CountyCode, Crs, Event, Location, Merchant, MerchantStatus,
+    MerchantStatusChanged, MerchantsImported, TrancheControl, TrancheSpec, UnixMillis,
     VoucherClaimed,
 };
 
@@ -30,11 +31,21 @@ pub const KIND_POOL_DRAWN: u8 = 11;
 pub const MAX_VOUCHERS_PER_REVOCATION_RECORD: usize = 2_048;
 /// Most industries in one tranche record.
 pub const MAX_INDUSTRIES_PER_RECORD: usize = 64;
+pub const KIND_MERCHANTS_IMPORTED: u8 = 5;
+pub const KIND_MERCHANT_STATUS_CHANGED: u8 = 6;
+// Kinds 7 and up are reserved for redemption records.
 
 /// Longest string field in any record.
 pub const MAX_FIELD_BYTES: usize = 1_024;
 /// Most county quotas in one tranche record.
 pub const MAX_QUOTAS_PER_RECORD: usize = 1_024;
+/// Payload size an import part is filled to, at most: well under the WAL's
+/// 64 KiB record limit, so one merchant of the largest size always fits.
+pub const MERCHANT_PART_TARGET_BYTES: usize = 48 * 1024;
+/// Most merchants one import part may hold when read back.
+pub const MAX_MERCHANTS_PER_RECORD: usize = 8_192;
+/// Bytes before the merchants in an import part: part, parts, count.
+const MERCHANT_PART_HEAD_BYTES: usize = 12;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -64,6 +75,8 @@ pub fn kind_of(event: &Event) -> u8 {
         Event::TrancheSettled { .. } => KIND_TRANCHE_SETTLED,
         Event::VouchersRevoked(_) => KIND_VOUCHERS_REVOKED,
         Event::PoolDrawn(_) => KIND_POOL_DRAWN,
+        Event::MerchantsImported(_) => KIND_MERCHANTS_IMPORTED,
+        Event::MerchantStatusChanged(_) => KIND_MERCHANT_STATUS_CHANGED,
     }
 }
 
@@ -178,8 +191,114 @@ pub fn encode(event: &Event) -> Vec<u8> {
             w.u8(u8::from(p.rollover));
             w.i64(p.at.0);
         }
+        Event::MerchantsImported(part) => {
+            write_part_head(&mut w, part.part, part.parts, part.merchants.len());
+            for m in &part.merchants {
+                write_merchant(&mut w, m);
+            }
+        }
+        Event::MerchantStatusChanged(change) => {
+            w.str(&change.merchant_id);
+            w.u8(status_code(change.status));
+            w.i64(change.at.0);
+        }
     }
     w.0
+}
+
+/// The payloads of one import's [`KIND_MERCHANTS_IMPORTED`] records: the
+/// merchants in order, split into parts of at most
+/// [`MERCHANT_PART_TARGET_BYTES`]. No merchants, no records.
+pub fn encode_merchant_import(merchants: &[Merchant]) -> Vec<Vec<u8>> {
+    let mut groups: Vec<&[Merchant]> = Vec::new();
+    let mut start = 0;
+    let mut bytes = MERCHANT_PART_HEAD_BYTES;
+    for (i, m) in merchants.iter().enumerate() {
+        let size = merchant_encoded_len(m);
+        if i > start
+            && (bytes + size > MERCHANT_PART_TARGET_BYTES || i - start == MAX_MERCHANTS_PER_RECORD)
+        {
+            groups.push(&merchants[start..i]);
+            start = i;
+            bytes = MERCHANT_PART_HEAD_BYTES;
+        }
+        bytes += size;
+    }
+    if start < merchants.len() {
+        groups.push(&merchants[start..]);
+    }
+    let parts = u32::try_from(groups.len()).expect("an import has fewer than 2^32 parts");
+    groups
+        .iter()
+        .enumerate()
+        .map(|(part, group)| {
+            let mut w = Writer(Vec::with_capacity(MERCHANT_PART_TARGET_BYTES));
+            write_part_head(&mut w, part as u32, parts, group.len());
+            for m in *group {
+                write_merchant(&mut w, m);
+            }
+            w.0
+        })
+        .collect()
+}
+
+fn write_part_head(w: &mut Writer, part: u32, parts: u32, count: usize) {
+    w.u32(part);
+    w.u32(parts);
+    w.u32(u32::try_from(count).expect("part sizes are bounded"));
+}
+
+fn merchant_encoded_len(m: &Merchant) -> usize {
+    2 + m.merchant_id.len() + 2 + m.name.len() + 4 + 2 + m.industry.len() + 2 + m.platform.len() + 1
+}
+
+fn write_merchant(w: &mut Writer, m: &Merchant) {
+    w.str(&m.merchant_id);
+    w.str(&m.name);
+    w.u32(m.county.0);
+    w.str(&m.industry);
+    w.str(&m.platform);
+    w.u8(status_code(m.status));
+}
+
+fn status_code(status: MerchantStatus) -> u8 {
+    match status {
+        MerchantStatus::Active => 1,
+        MerchantStatus::Suspended => 2,
+    }
+}
+
+fn read_status(r: &mut Reader<'_>) -> Result<MerchantStatus, DecodeError> {
+    match r.u8("status")? {
+        1 => Ok(MerchantStatus::Active),
+        2 => Ok(MerchantStatus::Suspended),
+        other => Err(DecodeError::BadValue("status", u64::from(other))),
+    }
+}
+
+fn decode_merchant_part(r: &mut Reader<'_>) -> Result<MerchantsImported, DecodeError> {
+    let part = r.u32("part")?;
+    let parts = r.u32("parts")?;
+    let count = r.u32("merchant_count")? as usize;
+    if count > MAX_MERCHANTS_PER_RECORD {
+        return Err(DecodeError::BadValue("merchant_count", count as u64));
+    }
+    let mut merchants = Vec::with_capacity(count);
+    for _ in 0..count {
+        merchants.push(Merchant {
+            merchant_id: r.str("merchant_id")?,
+            name: r.str("name")?,
+            county: CountyCode(r.u32("county")?),
+            industry: r.str("industry")?,
+            platform: r.str("platform")?,
+            status: read_status(r)?,
+        });
+    }
+    Ok(MerchantsImported {
+        part,
+        parts,
+        merchants,
+    })
 }
 
 /// The payload of a [`KIND_VOUCHER_CLAIMED`] record, without wrapping the claim in an [`Event`].
@@ -350,6 +469,12 @@ pub fn decode(kind: u8, payload: &[u8]) -> Result<Event, DecodeError> {
                 at: UnixMillis(r.i64("at")?),
             })
         }
+        KIND_MERCHANTS_IMPORTED => Event::MerchantsImported(decode_merchant_part(&mut r)?),
+        KIND_MERCHANT_STATUS_CHANGED => Event::MerchantStatusChanged(MerchantStatusChanged {
+            merchant_id: r.str("merchant_id")?,
+            status: read_status(&mut r)?,
+            at: UnixMillis(r.i64("at")?),
+        }),
         other => return Err(DecodeError::UnknownKind(other)),
     };
     if !r.0.is_empty() {
@@ -572,7 +697,64 @@ mod tests {
                 rollover: true,
                 at: UnixMillis(9),
             }),
+            Event::MerchantsImported(MerchantsImported {
+                part: 1,
+                parts: 3,
+                merchants: vec![merchant(0), merchant(1)],
+            }),
+            Event::MerchantsImported(MerchantsImported {
+                part: 0,
+                parts: 1,
+                merchants: vec![],
+            }),
+            Event::MerchantStatusChanged(MerchantStatusChanged {
+                merchant_id: "m-1".into(),
+                status: MerchantStatus::Suspended,
+                at: UnixMillis(1_700_000_000_123),
+            }),
         ]
+    }
+
+    fn merchant(i: usize) -> Merchant {
+        Merchant {
+            merchant_id: format!("m-{i}"),
+            name: format!("宜昌第{i}号小吃店"),
+            county: CountyCode(420502),
+            industry: "餐饮".into(),
+            platform: "alipay".into(),
+            status: if i.is_multiple_of(2) {
+                MerchantStatus::Active
+            } else {
+                MerchantStatus::Suspended
+            },
+        }
+    }
+
+    #[test]
+    fn an_import_splits_into_parts_under_the_record_limit() {
+        assert!(encode_merchant_import(&[]).is_empty());
+        let mut merchants: Vec<Merchant> = (0..5_000).map(merchant).collect();
+        // The largest merchant the rules allow still fits a part.
+        merchants[17].merchant_id = "x".repeat(64);
+        merchants[17].name = "名".repeat(66);
+        let payloads = encode_merchant_import(&merchants);
+        assert!(payloads.len() > 1);
+        let mut back = Vec::new();
+        for (i, payload) in payloads.iter().enumerate() {
+            assert!(payload.len() <= MERCHANT_PART_TARGET_BYTES);
+            assert!(payload.len() < crate::wal::MAX_RECORD_PAYLOAD_BYTES);
+            match decode(KIND_MERCHANTS_IMPORTED, payload) {
+                Ok(Event::MerchantsImported(part)) => {
+                    assert_eq!(
+                        (part.part as usize, part.parts as usize),
+                        (i, payloads.len())
+                    );
+                    back.extend(part.merchants);
+                }
+                other => panic!("part {i}: {other:?}"),
+            }
+        }
+        assert_eq!(back, merchants);
     }
 
     #[test]

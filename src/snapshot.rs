@@ -1,7 +1,8 @@
 //! Checkpoints: the full state written to one checksummed file, so a restart
 //! loads it and replays only the WAL records after it.
 //!
-//! A snapshot is a compacted journal: the campaigns' current definitions, then
+//! A snapshot is a compacted journal: the campaigns' current definitions,
+//! every merchant (as single-import records with their current status), then
 //! each tranche's own event log (definition, pauses, claims, redemptions,
 //! refunds, settlements, revocations, pool draws) in order, encoded with the
 //! same codec as WAL records and applied through the same `Recovered::apply`
@@ -16,7 +17,8 @@
 //! - trailer: CRC32C of the body u32, then `SNAPEND\0`.
 //!
 //! Writing (numbered steps, each a precondition of the next):
-//! 1. capture the state under the locks (cheap: vouchers are shared chunks);
+//! 1. capture the state under the locks (cheap: vouchers and merchants are
+//!    shared chunks);
 //! 2. encode it into `<name>.snap.tmp` and fsync the file;
 //! 3. wait until the WAL is durable through `covered_seq`, so a snapshot
 //!    never holds a decision that a crash could still take back;
@@ -33,7 +35,7 @@ use std::path::{Path, PathBuf};
 
 use crate::core::append_log::SharedLog;
 use crate::core::tranche::LogEntry;
-use crate::core::{CampaignSpec, Event, UnixMillis, Voucher};
+use crate::core::{CampaignSpec, Event, MerchantShare, UnixMillis, Voucher};
 use crate::dispenser::{Recovered, ReplayError};
 use crate::journal;
 
@@ -55,6 +57,7 @@ const WRITE_BUFFER_BYTES: usize = 1 << 20;
 pub struct Checkpoint {
     pub covered_seq: u64,
     pub campaigns: Vec<CampaignSpec>,
+    pub merchants: MerchantShare,
     pub tranches: Vec<TrancheCapture>,
 }
 
@@ -166,6 +169,15 @@ fn write_body(out: &mut impl Write, checkpoint: &Checkpoint) -> std::io::Result<
             checkpoint.covered_seq,
             &Event::CampaignDefined(campaign.clone()),
         )?;
+    }
+    for chunk in checkpoint.merchants.chunks() {
+        for payload in journal::encode_merchant_import(chunk) {
+            state.record(
+                journal::KIND_MERCHANTS_IMPORTED,
+                checkpoint.covered_seq,
+                &payload,
+            )?;
+        }
     }
     // Each tranche's log starts with its definition, so writing tranches in
     // ordinal order keeps ordinals dense on load.

@@ -2,7 +2,7 @@
 //!
 //! Code elsewhere never names a metric: it calls one of the methods here, one
 //! per event. Label values come from closed sets (claim outcomes, tranche IDs,
-//! county codes), never from users, vouchers or merchants. Hot counters are
+//! county codes, merchant statuses), never from users, vouchers or merchants. Hot counters are
 //! looked up once and kept as handles.
 
 use std::time::Duration;
@@ -10,6 +10,7 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::core::StatusCounts;
 use crate::dispenser::TrancheView;
 
 /// Claim outcomes, the only values of the `outcome` label.
@@ -65,6 +66,26 @@ impl ClaimOutcomeLabel {
             ClaimOutcomeLabel::BodyTooLarge => "body_too_large",
             ClaimOutcomeLabel::Overloaded => "overloaded",
             ClaimOutcomeLabel::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// How a merchant import ended, the only values of its `outcome` label.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum ImportOutcomeLabel {
+    Imported,
+    Validated,
+    Invalid,
+    Unavailable,
+}
+
+impl ImportOutcomeLabel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ImportOutcomeLabel::Imported => "imported",
+            ImportOutcomeLabel::Validated => "validated",
+            ImportOutcomeLabel::Invalid => "invalid",
+            ImportOutcomeLabel::Unavailable => "unavailable",
         }
     }
 }
@@ -146,6 +167,36 @@ impl Telemetry {
     }
     pub fn connection_rejected(&self) {
         self.connections_rejected.increment(1);
+    }
+
+    /// An import request ended. `rejected_rows` are the data rows of a file
+    /// that was refused (a refused file imports none of its rows).
+    pub fn merchant_import_finished(
+        &self,
+        outcome: ImportOutcomeLabel,
+        created: usize,
+        unchanged: usize,
+        rejected_rows: usize,
+    ) {
+        metrics::counter!("voucherd_merchant_imports_total", "outcome" => outcome.as_str())
+            .increment(1);
+        if outcome == ImportOutcomeLabel::Validated {
+            return;
+        }
+        for (result, rows) in [
+            ("created", created),
+            ("unchanged", unchanged),
+            ("rejected", rejected_rows),
+        ] {
+            metrics::counter!("voucherd_merchant_import_rows_total", "result" => result)
+                .increment(rows as u64);
+        }
+    }
+
+    /// Refreshes the merchant gauges just before a scrape.
+    pub fn merchants_observed(totals: StatusCounts) {
+        metrics::gauge!("voucherd_merchants", "status" => "active").set(totals.active as f64);
+        metrics::gauge!("voucherd_merchants", "status" => "suspended").set(totals.suspended as f64);
     }
 
     pub fn replay_finished(records: u64, truncated_tail_bytes: u64, elapsed: Duration) {
@@ -288,6 +339,18 @@ fn describe() {
     describe_gauge!(
         "voucherd_ready",
         "1 once WAL replay has finished and the daemon accepts claims."
+    );
+    describe_gauge!(
+        "voucherd_merchants",
+        "Merchants in the registry, by status."
+    );
+    describe_counter!(
+        "voucherd_merchant_imports_total",
+        "Merchant import requests, by outcome (imported, validated by a dry run, invalid, unavailable)."
+    );
+    describe_counter!(
+        "voucherd_merchant_import_rows_total",
+        "Rows of merchant imports: created, unchanged (already recorded), or rejected with their file."
     );
     describe_gauge!(
         "voucherd_build_info",

@@ -168,3 +168,32 @@ fn demo_seats_lie_in_their_own_counties() {
         );
     }
 }
+
+#[test]
+fn merchant_lists_must_be_non_empty_unique_and_well_formed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = TestConfig::default().to_toml(&dir.path().join("data"));
+    let stderr = refused(
+        dir.path(),
+        &format!(
+            "{good}\n[merchants]\nindustries = [\"餐饮\", \" 零售\", \"餐饮\"]\nplatforms = []\n"
+        ),
+    );
+    for key in [
+        "merchants.industries[1]",
+        "merchants.industries[2]",
+        "merchants.platforms",
+    ] {
+        assert!(stderr.contains(key), "missing {key} in:\n{stderr}");
+    }
+    let stderr = refused(
+        dir.path(),
+        &format!("{good}\n[merchants]\nplatforms = [\"ali pay\"]\nbanks = []\n"),
+    );
+    assert!(stderr.contains("banks"), "{stderr}");
+    let stderr = refused(
+        dir.path(),
+        &format!("{good}\n[merchants]\nplatforms = [\"ali pay\"]\n"),
+    );
+    assert!(stderr.contains("merchants.platforms[0]"), "{stderr}");
+}

@@ -281,3 +281,325 @@ fn revocation_by_voucher_and_identity_recovers_to_the_pool() {
         "revoked"
     );
 }
+
+const MERCHANTS_CSV: &str = "merchant_id,name,county,industry,platform\n\
+m-xl-food,西陵小吃,420502,餐饮,alipay\n\
+m-xl-car,西陵汽车城,420502,汽车,wechat\n\
+m-yl-food,夷陵饭店,420506,餐饮,meituan\n\
+m-xl-shut,西陵关门店,420502,餐饮,unionpay\n";
+
+/// Imports the test merchants and suspends one.
+fn merchants(daemon: &Daemon) {
+    let mut a = daemon.admin_client();
+    let r = a.post_csv("/admin/v1/merchants:import", MERCHANTS_CSV.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        a.post_admin("/admin/v1/merchants/m-xl-shut/suspend").status,
+        200
+    );
+}
+
+fn point(code: u32) -> (f64, f64) {
+    county_points()
+        .into_iter()
+        .find(|(c, _, _)| *c == code)
+        .map(|(_, x, y)| (x, y))
+        .expect("point")
+}
+
+fn claim_one(daemon: &Daemon, tranche: &str, user: &str) -> String {
+    let (lng, lat) = point(420502);
+    let r = daemon
+        .client()
+        .claim(&claim_body(tranche, user, &format!("req-{user}"), lng, lat));
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()["voucher"]["id"].as_str().expect("id").to_owned()
+}
+
+fn redeem(c: &mut Client, by: (&str, &str), merchant: &str, order: &str, amount: u64) -> Reply {
+    c.post("/v1/redemptions", &json!({by.0: by.1, "merchant_id": merchant, "order_id": order, "order_amount_fen": amount}))
+}
+
+#[test]
+fn redemption_checks_every_rule_in_order_and_is_idempotent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = start(dir.path(), &lifecycle_config());
+    merchants(&daemon);
+    let mut body = open_tranche_body(&[(420502, 10), (420506, 10)]);
+    body["industries"] = json!(["餐饮", "零售"]);
+    daemon.create_tranche("t1", &body);
+    let v1 = claim_one(&daemon, "t1", "alice");
+    let v2 = claim_one(&daemon, "t1", "bob");
+    let mut c = daemon.client();
+
+    let r = redeem(&mut c, ("voucher_id", &v1), "m-xl-food", "o-1", 9_999);
+    assert_eq!(
+        (
+            r.status,
+            r.json()["outcome"].clone(),
+            r.json()["minimum_order_fen"].clone()
+        ),
+        (422, json!("below_threshold"), json!(10_000))
+    );
+    let r = redeem(&mut c, ("voucher_id", &v1), "m-yl-food", "o-1", 12_000);
+    assert_eq!(
+        (r.status, r.json()["outcome"].clone()),
+        (422, json!("county_mismatch"))
+    );
+    let r = redeem(&mut c, ("voucher_id", &v1), "m-xl-car", "o-1", 12_000);
+    assert_eq!(
+        (r.status, r.json()["outcome"].clone()),
+        (422, json!("industry_not_allowed"))
+    );
+    let r = redeem(&mut c, ("voucher_id", &v1), "m-xl-shut", "o-1", 12_000);
+    assert_eq!(
+        (r.status, r.json()["outcome"].clone()),
+        (403, json!("merchant_suspended"))
+    );
+    let r = redeem(&mut c, ("voucher_id", &v1), "m-nobody", "o-1", 12_000);
+    assert_eq!(
+        (r.status, r.json()["outcome"].clone()),
+        (404, json!("unknown_merchant"))
+    );
+    let r = redeem(
+        &mut c,
+        ("voucher_id", "v00000000000000000000"),
+        "m-xl-food",
+        "o-1",
+        12_000,
+    );
+    assert_eq!(
+        (r.status, r.json()["outcome"].clone()),
+        (404, json!("unknown_voucher"))
+    );
+
+    let r = redeem(&mut c, ("voucher_id", &v1), "m-xl-food", "o-1", 12_000);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let red = r.json()["redemption"].clone();
+    assert_eq!(
+        (red["discount_fen"].clone(), red["payable_fen"].clone()),
+        (json!(FACE), json!(12_000 - FACE))
+    );
+    let redemption_id = red["id"].as_str().expect("id").to_owned();
+    // Retry: same answer. Same order, other voucher: refused. Voucher again: already redeemed.
+    let r = redeem(&mut c, ("voucher_id", &v1), "m-xl-food", "o-1", 12_000);
+    assert_eq!(
+        (
+            r.status,
+            r.json()["redemption"]["id"].clone(),
+            r.json()["replayed"].clone()
+        ),
+        (200, json!(redemption_id), json!(true))
+    );
+    let r = redeem(&mut c, ("voucher_id", &v2), "m-xl-food", "o-1", 12_000);
+    assert_eq!(
+        (r.status, r.json()["outcome"].clone()),
+        (422, json!("order_id_reused"))
+    );
+    let r = redeem(&mut c, ("voucher_id", &v1), "m-xl-food", "o-2", 12_000);
+    assert_eq!(
+        (r.status, r.json()["outcome"].clone()),
+        (409, json!("already_redeemed"))
+    );
+    assert_eq!(
+        c.get(&format!("/v1/vouchers/{v1}")).json()["voucher"]["state"],
+        "redeemed"
+    );
+    assert_eq!(
+        c.get(&format!("/v1/redemptions/{redemption_id}")).json()["redemption"]["order_id"],
+        "o-1"
+    );
+    let l = ledger(&daemon, "c1");
+    assert_eq!(l["redeemed_fen"], FACE);
+
+    // By dynamic code: works once; a forged code is refused.
+    let code = c.get(&format!("/v1/vouchers/{v2}/code")).json()["code"]["code"]
+        .as_str()
+        .expect("code")
+        .to_owned();
+    let mut forged = code.clone();
+    forged.replace_range(28..29, if code.ends_with('0') { "1" } else { "0" });
+    let r = redeem(&mut c, ("code", &forged), "m-xl-food", "o-3", 20_000);
+    assert_eq!(
+        (r.status, r.json()["outcome"].clone()),
+        (422, json!("invalid_code"))
+    );
+    let r = redeem(&mut c, ("code", &code), "m-xl-food", "o-3", 20_000);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = c.post(
+        &format!(
+            "/v1/redemptions/{}/refund",
+            r.json()["redemption"]["id"].as_str().expect("id")
+        ),
+        &json!({"amount_fen": 20_000, "refund_id": "rf-1"}),
+    );
+    assert_eq!(
+        (r.status, r.json()["refund"]["voucher_restored"].clone()),
+        (201, json!(true)),
+        "{}",
+        r.text()
+    );
+    // The voucher is usable again, but not with the code already used.
+    let r = redeem(&mut c, ("code", &code), "m-xl-food", "o-4", 20_000);
+    assert_eq!(
+        (r.status, r.json()["outcome"].clone()),
+        (409, json!("code_replayed"))
+    );
+    let r = redeem(&mut c, ("voucher_id", &v2), "m-xl-food", "o-4", 20_000);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = c.post("/v1/redemptions", &json!({"voucher_id": v1, "code": code, "merchant_id": "m", "order_id": "o", "order_amount_fen": 1}));
+    assert_eq!(
+        (r.status, r.json()["error"]["field"].clone()),
+        (400, json!("voucher_id"))
+    );
+}
+
+/// Refund policies move exactly the documented money, and everything survives kill -9.
+#[test]
+fn refunds_follow_the_campaign_policy_and_survive_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = start(dir.path(), &lifecycle_config());
+    merchants(&daemon);
+    let mut a = daemon.admin_client();
+    for (id, policy) in [("pro", "prorata"), ("nores", "no_restore")] {
+        let r = a.put_admin(
+            &format!("/admin/v1/campaigns/{id}"),
+            &json!({"name": id, "budget_fen": 1_000_000, "refund_policy": policy}),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        let mut body = open_tranche_body(&[(420502, 10)]);
+        body["campaign_id"] = json!(id);
+        daemon.create_tranche(&format!("t-{id}"), &body);
+    }
+    let mut c = daemon.client();
+    let refund = |c: &mut Client, rid: &str, id: &str, amount: u64| {
+        c.post(
+            &format!("/v1/redemptions/{rid}/refund"),
+            &json!({"amount_fen": amount, "refund_id": id}),
+        )
+    };
+
+    // prorata: ¥20 voucher on a ¥120 order; refund ¥60 returns ¥10, then the rest returns ¥10 more.
+    let v = claim_one(&daemon, "t-pro", "p1");
+    let rid = redeem(&mut c, ("voucher_id", &v), "m-xl-food", "p-o1", 12_000).json()["redemption"]
+        ["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let r = refund(&mut c, &rid, "rf-a", 6_000);
+    assert_eq!(
+        (r.status, r.json()["refund"]["returned_to_pool_fen"].clone()),
+        (201, json!(1_000)),
+        "{}",
+        r.text()
+    );
+    let r = refund(&mut c, &rid, "rf-a", 6_000);
+    assert_eq!((r.status, r.json()["replayed"].clone()), (200, json!(true)));
+    let r = refund(&mut c, &rid, "rf-a", 5_000);
+    assert_eq!(
+        (r.status, r.json()["outcome"].clone()),
+        (422, json!("refund_id_reused"))
+    );
+    let r = refund(&mut c, &rid, "rf-b", 7_000);
+    assert_eq!(
+        (r.status, r.json()["refundable_fen"].clone()),
+        (422, json!(6_000))
+    );
+    let r = refund(&mut c, &rid, "rf-b", 6_000);
+    assert_eq!(r.json()["refund"]["returned_to_pool_fen"], 1_000);
+    let l = ledger(&daemon, "pro");
+    assert_eq!(
+        (l["redeemed_fen"].clone(), l["pool_fen"].clone()),
+        (json!(0), json!(FACE))
+    );
+
+    // no_restore: the first refund returns the whole value; the voucher stays used.
+    let v = claim_one(&daemon, "t-nores", "n1");
+    let rid = redeem(&mut c, ("voucher_id", &v), "m-xl-food", "n-o1", 12_000).json()["redemption"]
+        ["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let r = refund(&mut c, &rid, "rf-1", 1_000);
+    assert_eq!(
+        (
+            r.json()["refund"]["returned_to_pool_fen"].clone(),
+            r.json()["refund"]["voucher_restored"].clone()
+        ),
+        (json!(FACE), json!(false))
+    );
+    assert_eq!(
+        c.get(&format!("/v1/vouchers/{v}")).json()["voucher"]["state"],
+        "redeemed"
+    );
+    let r = refund(&mut c, &rid, "rf-2", 11_000);
+    assert_eq!(r.json()["refund"]["returned_to_pool_fen"], 0);
+
+    // A redeemed voucher found fraudulent: flagged, its value moves to `revoked`; no refunds after.
+    let v = claim_one(&daemon, "t-nores", "n2");
+    let rid = redeem(&mut c, ("voucher_id", &v), "m-xl-food", "n-o2", 12_000).json()["redemption"]
+        ["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let body = json!({"voucher_ids": [v], "reason": "套现", "case_id": "YC-2026-0002"});
+    let r = a.request(
+        "POST",
+        "/admin/v1/vouchers:revoke",
+        &[("authorization", &auth)],
+        Some(body.to_string().as_bytes()),
+    );
+    assert_eq!(
+        (
+            r.json()["revocation"]["already_redeemed_vouchers"].clone(),
+            r.json()["revocation"]["already_redeemed_fen"].clone()
+        ),
+        (json!(1), json!(FACE))
+    );
+    let l = ledger(&daemon, "nores");
+    assert_eq!(
+        (l["revoked_fen"].clone(), l["redeemed_fen"].clone()),
+        (json!(FACE), json!(0))
+    );
+    let r = refund(&mut c, &rid, "rf-1", 1_000);
+    assert_eq!(
+        (r.status, r.json()["outcome"].clone()),
+        (409, json!("under_investigation"))
+    );
+
+    let before: Vec<Value> = ["c1", "pro", "nores"]
+        .iter()
+        .map(|c| ledger(&daemon, c))
+        .collect();
+    daemon.kill();
+    let daemon = start(dir.path(), &lifecycle_config());
+    let after: Vec<Value> = ["c1", "pro", "nores"]
+        .iter()
+        .map(|c| ledger(&daemon, c))
+        .collect();
+    for (b, a) in before.iter().zip(&after) {
+        for key in [
+            "budget_fen",
+            "unreleased_fen",
+            "pool_fen",
+            "outstanding_fen",
+            "redeemed_fen",
+            "revoked_fen",
+        ] {
+            assert_eq!(b[key], a[key], "{key} after kill -9");
+        }
+    }
+    let mut c = daemon.client();
+    let r = redeem(&mut c, ("voucher_id", &v), "m-xl-food", "n-o2", 12_000);
+    assert_eq!(
+        r.status,
+        200,
+        "the redemption's idempotency survives replay: {}",
+        r.text()
+    );
+    assert_eq!(
+        c.get(&format!("/v1/vouchers/{v}")).json()["voucher"]["revocation"]["case_id"],
+        "YC-2026-0002"
+    );
+}

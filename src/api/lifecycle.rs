@@ -1,21 +1,24 @@
-//! Routes for a voucher's life after the claim: dynamic codes, refunds,
-//! redemption lookups (public); the ledger, revocation and pool draws (admin).
+//! Routes for a voucher's life after the claim: redemption (核销), dynamic
+//! codes, refunds, redemption lookups (public); the ledger, revocation and
+//! pool draws (admin).
 
 use hyper::StatusCode;
 
 use super::App;
 use super::respond::{Reply, json};
 use super::wire::{
-    CampaignBodyOut, CodeBodyOut, DrawBody, FieldError, LedgerBodyOut, OutcomeBody,
+    CampaignBodyOut, CodeBodyOut, DrawBody, FieldError, LedgerBodyOut, OutcomeBody, RedemptionBody,
     RedemptionBodyOut, RefundBody, RefundBodyOut, RevokeBody, RevokeReportOut, TrancheBodyOut,
     parse_json,
 };
 use crate::core::catalog::check_object_id;
 use crate::core::code;
 use crate::core::identity::IdentityKeyKind;
-use crate::core::lifecycle::{RefundRefusal, VoucherState};
+use crate::core::lifecycle::{MerchantFacts, RedeemRefusal, RefundRefusal, VoucherState};
 use crate::core::{CountyCode, RedemptionId, VoucherId};
-use crate::dispenser::{MAX_REVOKE_TARGETS, PoolRequest, RefundOutcome, RevokeTargets};
+use crate::dispenser::{
+    MAX_REVOKE_TARGETS, PoolRequest, RedeemInput, RedeemOutcome, RefundOutcome, RevokeTargets,
+};
 use crate::wire_time::format_beijing;
 
 /// Longest refund ID, order ID, reason or case ID accepted.
@@ -313,4 +316,107 @@ pub async fn draw(app: &App, tranche_id: &str, body: &[u8]) -> Reply {
         }
         Err(e) => super::admin::admin_error(app, e),
     }
+}
+
+/// `POST /v1/redemptions`: use a voucher at a merchant (核销).
+pub async fn redeem(app: &App, body: &[u8]) -> Reply {
+    let Some(dispenser) = app.dispenser() else {
+        return super::unavailable(app);
+    };
+    let b = match parse_json::<RedemptionBody>(body) {
+        Ok(b) => b,
+        Err(e) => return invalid(e),
+    };
+    if let Err(e) = check_reference("merchant_id", &b.merchant_id, MAX_REFERENCE_BYTES)
+        .and_then(|()| check_reference("order_id", &b.order_id, MAX_REFERENCE_BYTES))
+    {
+        return invalid(e);
+    }
+    if b.order_amount_fen == 0 || b.order_amount_fen > MAX_ORDER_AMOUNT_FEN {
+        return invalid(FieldError::new(
+            "order_amount_fen",
+            format!("must be between 1 and {MAX_ORDER_AMOUNT_FEN}"),
+        ));
+    }
+    let now = app.now();
+    let (voucher_id, code_step) = match (b.voucher_id.as_deref(), b.code.as_deref()) {
+        (Some(id), None) => match VoucherId::parse(id) {
+            Some(id) => (id, None),
+            None => return outcome(StatusCode::NOT_FOUND, "unknown_voucher"),
+        },
+        (None, Some(text)) => match code::verify(app.code_secret.bytes(), text, now) {
+            Ok((id, step)) => (id, Some(step)),
+            Err(code::CodeError::Malformed) => {
+                return invalid(FieldError::new("code", "not a redemption code"));
+            }
+            Err(code::CodeError::InvalidOrExpired) => {
+                return outcome(StatusCode::UNPROCESSABLE_ENTITY, "invalid_code");
+            }
+        },
+        _ => {
+            return invalid(FieldError::new(
+                "voucher_id",
+                "give exactly one of voucher_id or code",
+            ));
+        }
+    };
+    let merchant = dispenser.merchant_facts(&b.merchant_id);
+    let input = RedeemInput {
+        voucher_id,
+        code_step,
+        merchant_id: &b.merchant_id,
+        order_id: &b.order_id,
+        order_amount_fen: b.order_amount_fen,
+        entropy: rand::random(),
+    };
+    let facts = merchant.as_ref().map(|m| MerchantFacts {
+        active: m.active,
+        county: m.county,
+        industry: &m.industry,
+    });
+    let (status, view, durability) = match dispenser.redeem(&input, facts, now) {
+        RedeemOutcome::Redeemed(v, d) => (StatusCode::CREATED, v, d),
+        RedeemOutcome::Replayed(v, d) => (StatusCode::OK, v, d),
+        RedeemOutcome::OrderIdReused => {
+            return outcome(StatusCode::UNPROCESSABLE_ENTITY, "order_id_reused");
+        }
+        RedeemOutcome::UnknownVoucher => return outcome(StatusCode::NOT_FOUND, "unknown_voucher"),
+        RedeemOutcome::UnknownMerchant => {
+            return outcome(StatusCode::NOT_FOUND, "unknown_merchant");
+        }
+        RedeemOutcome::Refused(refusal) => return redeem_refused(refusal),
+        RedeemOutcome::Unavailable(crate::wal::AppendError::QueueFull { .. }) => {
+            return super::overloaded();
+        }
+        RedeemOutcome::Unavailable(_) => return super::unavailable(app),
+    };
+    if !durability.wait().await {
+        return super::unavailable(app);
+    }
+    let mut body = OutcomeBody::outcome("redeemed");
+    if status == StatusCode::OK {
+        body.replayed = Some(true);
+    }
+    body.redemption = Some(RedemptionBodyOut::from_view(&view));
+    json(status, &body)
+}
+
+fn redeem_refused(refusal: RedeemRefusal) -> Reply {
+    let (status, word) = match refusal {
+        RedeemRefusal::AlreadyRedeemed => (StatusCode::CONFLICT, "already_redeemed"),
+        RedeemRefusal::VoucherRevoked => (StatusCode::GONE, "voucher_revoked"),
+        RedeemRefusal::VoucherExpired => (StatusCode::GONE, "voucher_expired"),
+        RedeemRefusal::CodeReplayed => (StatusCode::CONFLICT, "code_replayed"),
+        RedeemRefusal::MerchantSuspended => (StatusCode::FORBIDDEN, "merchant_suspended"),
+        RedeemRefusal::CountyMismatch => (StatusCode::UNPROCESSABLE_ENTITY, "county_mismatch"),
+        RedeemRefusal::IndustryNotAllowed => {
+            (StatusCode::UNPROCESSABLE_ENTITY, "industry_not_allowed")
+        }
+        RedeemRefusal::BelowThreshold { minimum_order_fen } => {
+            let mut body = OutcomeBody::outcome("below_threshold");
+            body.minimum_order_fen = Some(minimum_order_fen);
+            return json(StatusCode::UNPROCESSABLE_ENTITY, &body);
+        }
+    };
+    outcome(status, word)
 }

@@ -9,7 +9,12 @@ mod admin;
 mod claims;
 mod lifecycle;
 pub use claims::{ValidClaim, parse_claim};
+mod merchant_csv;
+pub use merchant_csv::{ParsedCsv, parse_merchant_csv};
+mod merchants;
+pub use merchants::{MAX_CONCURRENT_IMPORTS, MAX_IMPORT_BODY_BYTES};
 mod public;
+mod query;
 mod respond;
 pub mod wire;
 
@@ -32,7 +37,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 use crate::config::{AdminToken, CodeSecret, ServerConfig};
-use crate::core::{TrancheControl, UnixMillis};
+use crate::core::{MerchantStatus, TrancheControl, UnixMillis};
 use crate::dispenser::Dispenser;
 use crate::telemetry::{ClaimOutcomeLabel, Telemetry};
 use respond::{Reply, json, with_retry_after};
@@ -63,6 +68,7 @@ pub struct App {
     dispenser: OnceLock<Arc<Dispenser>>,
     phase: AtomicU8,
     claim_permits: Semaphore,
+    import_permits: Semaphore,
     public_connections: Arc<Semaphore>,
     admin_connections: Arc<Semaphore>,
     pub telemetry: Telemetry,
@@ -84,6 +90,7 @@ impl App {
             dispenser: OnceLock::new(),
             phase: AtomicU8::new(Phase::Starting as u8),
             claim_permits: Semaphore::new(limits.max_inflight_claims),
+            import_permits: Semaphore::new(MAX_CONCURRENT_IMPORTS),
             public_connections: Arc::new(Semaphore::new(limits.max_connections)),
             admin_connections: Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS)),
             telemetry,
@@ -123,6 +130,12 @@ impl App {
             return None;
         }
         self.dispenser.get().map(|d| d.as_ref())
+    }
+
+    /// The dispenser behind its `Arc`, only while ready (to move onto a blocking thread).
+    fn dispenser_arc(&self) -> Option<Arc<Dispenser>> {
+        self.dispenser()?;
+        self.dispenser.get().cloned()
     }
 
     fn now(&self) -> UnixMillis {
@@ -255,6 +268,10 @@ async fn route_public(
         (&Method::GET, ["v1", "tranches", id]) => public::tranche(app, id),
         (&Method::GET, ["v1", "vouchers", id]) => public::voucher(app, id).await,
         (&Method::GET, ["v1", "vouchers", id, "code"]) => lifecycle::code(app, id).await,
+        (&Method::POST, ["v1", "redemptions"]) => match read_body(app, request).await {
+            Ok(body) => lifecycle::redeem(app, &body).await,
+            Err(reply) => reply,
+        },
         (&Method::GET, ["v1", "redemptions", id]) => lifecycle::redemption(app, id).await,
         (&Method::POST, ["v1", "redemptions", id, "refund"]) => {
             let id = id.to_string();
@@ -325,13 +342,61 @@ async fn route_admin(
                 Err(reply) => reply,
             }
         }
+        (&Method::POST, ["admin", "v1", "merchants:import"]) => {
+            import_merchants(app, request).await
+        }
+        (&Method::GET, ["admin", "v1", "merchants"]) => {
+            merchants::list(app, request.uri().query()).await
+        }
+        (&Method::GET, ["admin", "v1", "merchants:counts"]) => merchants::counts(app),
+        (&Method::GET, ["admin", "v1", "merchants", id]) => merchants::get(app, id).await,
+        (&Method::POST, ["admin", "v1", "merchants", id, "suspend"]) => {
+            merchants::set_status(app, id, MerchantStatus::Suspended).await
+        }
+        (&Method::POST, ["admin", "v1", "merchants", id, "resume"]) => {
+            merchants::set_status(app, id, MerchantStatus::Active).await
+        }
         (
             _,
             ["admin", "v1", "campaigns", ..]
             | ["admin", "v1", "tranches", ..]
-            | ["admin", "v1", "vouchers:revoke"],
+            | ["admin", "v1", "vouchers:revoke"]
+            | [
+                "admin",
+                "v1",
+                "merchants" | "merchants:import" | "merchants:counts",
+                ..,
+            ],
         ) => method_not_allowed(),
         _ => not_found(),
+    }
+}
+
+/// `POST /admin/v1/merchants:import`: checks the query and content type, takes
+/// the import permit, then reads the body under the import route's own limit.
+async fn import_merchants(app: &App, request: Request<Incoming>) -> Reply {
+    if app.dispenser().is_none() {
+        return unavailable(app);
+    }
+    let dry_run = match merchants::dry_run(request.uri().query()) {
+        Ok(d) => d,
+        Err(e) => {
+            let mut body = OutcomeBody::outcome("invalid_request");
+            body.error = Some(e);
+            return json(StatusCode::BAD_REQUEST, &body);
+        }
+    };
+    if let Err(e) = merchants::check_content_type(request.headers()) {
+        let mut body = OutcomeBody::outcome("unsupported_media_type");
+        body.error = Some(e);
+        return json(StatusCode::UNSUPPORTED_MEDIA_TYPE, &body);
+    }
+    let Ok(_permit) = app.import_permits.try_acquire() else {
+        return overloaded();
+    };
+    match read_body_limited(request, MAX_IMPORT_BODY_BYTES).await {
+        Ok(body) => merchants::import(app, body, dry_run).await,
+        Err(reply) => reply,
     }
 }
 
@@ -347,7 +412,11 @@ fn authorized(app: &App, request: &Request<Incoming>) -> bool {
 
 /// Reads a body up to the configured limit; 413 beyond it, 400 if the body breaks off.
 async fn read_body(app: &App, request: Request<Incoming>) -> Result<Bytes, Reply> {
-    let limit = app.limits.max_body_bytes;
+    read_body_limited(request, app.limits.max_body_bytes).await
+}
+
+/// Reads a body of at most `limit` bytes; 413 beyond it, 400 if the body breaks off.
+async fn read_body_limited(request: Request<Incoming>, limit: usize) -> Result<Bytes, Reply> {
     let too_large = || {
         let mut body = OutcomeBody::outcome("body_too_large");
         body.error = Some(FieldError::new(

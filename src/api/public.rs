@@ -54,6 +54,7 @@ pub async fn voucher(app: &App, id: &str) -> Reply {
 pub fn metrics(app: &App) -> Reply {
     if let Some(dispenser) = app.dispenser() {
         dispenser.each_tranche(app.now(), Telemetry::tranche_observed);
+        Telemetry::merchants_observed(dispenser.read_merchants(|r| r.totals()));
     }
     text(
         StatusCode::OK,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::event::{RefundPolicy, Rollover};
 use crate::core::lifecycle::{Ledger, RefundRecord};
-use crate::core::{CampaignSpec, UnixMillis};
+use crate::core::{CampaignSpec, Merchant, RowError, UnixMillis};
 use crate::dispenser::{CountyView, RedemptionView, RevokeReport, TrancheView, VoucherView};
 use crate::wire_time::format_beijing;
 
@@ -464,6 +464,110 @@ pub struct CodeBodyOut {
     pub code: String,
     pub voucher_id: String,
     pub expires_at: String,
+}
+
+/// One merchant as answers show it.
+#[derive(Serialize)]
+pub struct MerchantBody {
+    pub merchant_id: String,
+    pub name: String,
+    pub county: String,
+    pub county_name: String,
+    pub industry: String,
+    pub platform: String,
+    pub status: &'static str,
+}
+
+impl MerchantBody {
+    pub fn new(m: &Merchant, county_name: &str) -> MerchantBody {
+        MerchantBody {
+            merchant_id: m.merchant_id.clone(),
+            name: m.name.clone(),
+            county: m.county.0.to_string(),
+            county_name: county_name.to_owned(),
+            industry: m.industry.clone(),
+            platform: m.platform.clone(),
+            status: m.status.as_str(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct MerchantOutcomeBody {
+    pub outcome: &'static str,
+    pub merchant: MerchantBody,
+}
+
+/// `imported` or `validated` (a dry run).
+#[derive(Serialize)]
+pub struct ImportBody {
+    pub outcome: &'static str,
+    pub created: usize,
+    pub unchanged: usize,
+    pub rows: usize,
+}
+
+#[derive(Clone, Serialize)]
+pub struct RowErrorBody {
+    pub line: u64,
+    pub field: String,
+    pub reason: String,
+}
+
+impl RowErrorBody {
+    pub fn from_error(e: &RowError) -> RowErrorBody {
+        RowErrorBody {
+            line: e.line,
+            field: e.field.clone(),
+            reason: e.reason.clone(),
+        }
+    }
+}
+
+/// A refused import: the first errors in line order, and how many in all.
+#[derive(Serialize)]
+pub struct ImportRejectedBody {
+    pub outcome: &'static str,
+    pub error: Option<RowErrorBody>,
+    pub errors: Vec<RowErrorBody>,
+    pub error_count: usize,
+    pub errors_truncated: bool,
+}
+
+#[derive(Serialize)]
+pub struct MerchantListBody {
+    pub outcome: &'static str,
+    pub merchants: Vec<MerchantBody>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_page_token: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct MerchantCountsBody {
+    pub outcome: &'static str,
+    pub total: u64,
+    pub active: u64,
+    pub suspended: u64,
+    /// Column order of every county's `industries`.
+    pub industries: Vec<String>,
+    pub counties: Vec<CountyMerchantsBody>,
+}
+
+#[derive(Serialize)]
+pub struct CountyMerchantsBody {
+    pub county: String,
+    pub name: String,
+    pub total: u64,
+    pub active: u64,
+    pub suspended: u64,
+    pub industries: Vec<IndustryCountBody>,
+}
+
+#[derive(Serialize)]
+pub struct IndustryCountBody {
+    pub industry: String,
+    pub active: u64,
+    pub suspended: u64,
 }
 
 #[cfg(test)]

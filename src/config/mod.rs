@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use crate::core::catalog::{check_campaign_name, check_object_id};
 use crate::core::event::{RefundPolicy, Rollover};
+use crate::core::merchant::{
+    MAX_INDUSTRIES, MAX_PLATFORMS, check_industry_name, check_platform_name,
+};
 use crate::core::{CampaignSpec, CountyCode, TrancheSpec, UnixMillis};
 use crate::wire_time::parse_rfc3339;
 
@@ -44,12 +47,20 @@ pub struct Config {
     pub campaigns: Vec<CampaignSpec>,
     pub tranches: Vec<TrancheSpec>,
     pub lifecycle: LifecycleConfig,
+    pub merchants: MerchantsConfig,
 }
 
 #[derive(Clone, Debug)]
 pub struct LifecycleConfig {
     pub code_secret: CodeSecret,
     pub settle_check_interval: Duration,
+}
+
+/// The industries and platforms merchant imports may name.
+#[derive(Clone, Debug)]
+pub struct MerchantsConfig {
+    pub industries: Vec<String>,
+    pub platforms: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -211,6 +222,7 @@ impl Validator {
         let lifecycle = storage
             .as_ref()
             .and_then(|s| self.lifecycle(&raw.lifecycle, &s.data_dir, env));
+        let merchants = self.merchants(raw.merchants);
         Some(Config {
             source_path: self.file.clone(),
             server: server?,
@@ -221,6 +233,7 @@ impl Validator {
             campaigns,
             tranches,
             lifecycle: lifecycle?,
+            merchants,
         })
     }
 
@@ -247,6 +260,46 @@ impl Validator {
             Err((key, reason)) => {
                 self.fail(key, reason);
                 None
+            }
+        }
+    }
+
+    fn merchants(&mut self, raw: raw::RawMerchants) -> MerchantsConfig {
+        self.term_list(
+            "merchants.industries",
+            &raw.industries,
+            MAX_INDUSTRIES,
+            check_industry_name,
+        );
+        self.term_list(
+            "merchants.platforms",
+            &raw.platforms,
+            MAX_PLATFORMS,
+            check_platform_name,
+        );
+        MerchantsConfig {
+            industries: raw.industries,
+            platforms: raw.platforms,
+        }
+    }
+
+    /// A non-empty list of unique terms, each passing `check`.
+    fn term_list(
+        &mut self,
+        key: &str,
+        terms: &[String],
+        max: usize,
+        check: fn(&str) -> Result<(), String>,
+    ) {
+        if terms.is_empty() || terms.len() > max {
+            self.fail(key, format!("must list 1 to {max} entries"));
+        }
+        for (i, term) in terms.iter().enumerate() {
+            if let Err(reason) = check(term) {
+                self.fail(format!("{key}[{i}]"), reason);
+            }
+            if terms[..i].contains(term) {
+                self.fail(format!("{key}[{i}]"), format!("{term:?} is listed twice"));
             }
         }
     }

@@ -20,6 +20,8 @@ pub struct RawConfig {
     pub tranches: Vec<RawTranche>,
     #[serde(default)]
     pub lifecycle: RawLifecycle,
+    #[serde(default)]
+    pub merchants: RawMerchants,
 }
 
 /// Redemption codes and settlement timing.
@@ -34,6 +36,27 @@ pub struct RawLifecycle {
     pub create_code_secret_file: Option<bool>,
     /// How often to settle tranches whose window or validity has ended.
     pub settle_check_interval_ms: Option<u64>,
+}
+
+/// What merchant imports may contain. Both lists keep their order for display.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMerchants {
+    pub industries: Vec<String>,
+    pub platforms: Vec<String>,
+}
+
+impl Default for RawMerchants {
+    fn default() -> Self {
+        RawMerchants {
+            industries: ["餐饮", "零售", "商超", "家电", "汽车", "文旅", "其他"]
+                .map(String::from)
+                .to_vec(),
+            platforms: ["alipay", "wechat", "unionpay", "meituan"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
 }
 
 #[derive(Deserialize)]

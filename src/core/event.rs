@@ -4,6 +4,7 @@
 //! applies the same events in the same order. Every field needed to rebuild
 //! the state is inside the event; nothing is recomputed from the clock.
 
+use super::merchant::{Merchant, MerchantStatus};
 use super::time::UnixMillis;
 use super::tranche::{CountyCode, TrancheSpec};
 
@@ -143,6 +144,24 @@ pub struct PoolDrawn {
     pub at: UnixMillis,
 }
 
+/// One part of a merchant import. An import is written as `parts` records
+/// (numbered from 0) so each stays well under the WAL's record size limit; it
+/// takes effect only as a whole (see `merchant::ImportAssembler`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MerchantsImported {
+    pub part: u32,
+    pub parts: u32,
+    pub merchants: Vec<Merchant>,
+}
+
+/// A merchant suspended or resumed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MerchantStatusChanged {
+    pub merchant_id: String,
+    pub status: MerchantStatus,
+    pub at: UnixMillis,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Event {
     CampaignDefined(CampaignSpec),
@@ -166,6 +185,8 @@ pub enum Event {
     },
     VouchersRevoked(VouchersRevoked),
     PoolDrawn(PoolDrawn),
+    MerchantsImported(MerchantsImported),
+    MerchantStatusChanged(MerchantStatusChanged),
 }
 
 impl Event {
@@ -181,6 +202,7 @@ impl Event {
             Event::RedemptionRefunded(e) => Some(&e.tranche_id),
             Event::VouchersRevoked(e) => Some(&e.tranche_id),
             Event::PoolDrawn(e) => Some(&e.tranche_id),
+            Event::MerchantsImported(_) | Event::MerchantStatusChanged(_) => None,
         }
     }
 }

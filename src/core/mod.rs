@@ -1,5 +1,6 @@
 //! The pure core of voucherd: tranche rules, county inventory, identity dedupe,
-//! request idempotency and the events that record every state change.
+//! request idempotency, the merchant registry and the events that record every
+//! state change.
 //!
 //! Architecture invariant: nothing in here reads a clock, takes a lock, spawns,
 //! awaits, touches a file or a socket, or knows about serde or HTTP. Time comes
@@ -20,14 +21,22 @@ pub mod code;
 pub mod event;
 pub mod identity;
 pub mod lifecycle;
+pub mod merchant;
 pub mod orders;
 pub mod time;
 pub mod tranche;
 pub mod voucher;
 
 pub use catalog::{Campaign, Catalog, CatalogError};
-pub use event::{CampaignSpec, Crs, Event, Location, TrancheControl, VoucherClaimed};
+pub use event::{
+    CampaignSpec, Crs, Event, Location, MerchantStatusChanged, MerchantsImported, TrancheControl,
+    VoucherClaimed,
+};
 pub use identity::{DigestKey, IdentityKeys, KeyDigest};
+pub use merchant::{
+    ImportRow, Merchant, MerchantFilter, MerchantImport, MerchantRegistry, MerchantRules,
+    MerchantShare, MerchantStatus, RowError, RowErrors, StatusCounts, UnknownMerchant,
+};
 pub use time::UnixMillis;
 pub use tranche::{
     ClaimCommand, ClaimDecision, ControlDecision, CountyCode, CountyStock, RedefineConflict,

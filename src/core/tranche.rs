@@ -590,7 +590,10 @@ impl TrancheBook {
             Event::TrancheSettled { settlement, .. } => self.apply_settle(*settlement),
             Event::VouchersRevoked(e) => self.apply_revoke(e),
             Event::PoolDrawn(e) => self.apply_draw(e),
-            Event::CampaignDefined(_) | Event::VoucherClaimed(_) => {
+            Event::CampaignDefined(_)
+            | Event::VoucherClaimed(_)
+            | Event::MerchantsImported(_)
+            | Event::MerchantStatusChanged(_) => {
                 panic!("not a tranche lifecycle event: {event:?}")
             }
         }

@@ -92,7 +92,27 @@ pub struct RevokeReport {
     pub unknown_voucher_ids: u64,
 }
 
+/// What redemption needs to know about a merchant, copied out of the registry.
+#[derive(Clone, Debug)]
+pub struct MerchantSnapshot {
+    pub active: bool,
+    pub county: CountyCode,
+    pub industry: String,
+}
+
 impl Dispenser {
+    /// The facts redemption checks, read under the registry's read lock and
+    /// copied, so no merchant lock is held while a tranche is locked.
+    pub fn merchant_facts(&self, merchant_id: &str) -> Option<MerchantSnapshot> {
+        self.read_merchants(|registry| {
+            registry.get(merchant_id).map(|m| MerchantSnapshot {
+                active: m.is_active(),
+                county: m.county,
+                industry: m.industry.clone(),
+            })
+        })
+    }
+
     /// Redeems a voucher at a merchant. `merchant` is what the registry says
     /// about `input.merchant_id` (`None`: no such merchant).
     pub fn redeem(

@@ -428,10 +428,13 @@ impl Client {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
         if let Some(b) = body {
-            head.push_str(&format!(
-                "content-type: application/json\r\ncontent-length: {}\r\n",
-                b.len()
-            ));
+            if !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            {
+                head.push_str("content-type: application/json\r\n");
+            }
+            head.push_str(&format!("content-length: {}\r\n", b.len()));
         }
         head.push_str("\r\n");
         let mut bytes = head.into_bytes();
@@ -501,6 +504,22 @@ impl Client {
     pub fn post_admin(&mut self, path: &str) -> Reply {
         let auth = format!("Bearer {ADMIN_TOKEN}");
         self.request("POST", path, &[("authorization", &auth)], Some(b""))
+    }
+
+    pub fn get_admin(&mut self, path: &str) -> Reply {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        self.request("GET", path, &[("authorization", &auth)], None)
+    }
+
+    /// Posts a CSV file to `path` (e.g. `/admin/v1/merchants:import?dry_run=true`).
+    pub fn post_csv(&mut self, path: &str, csv: &[u8]) -> Reply {
+        let auth = format!("Bearer {ADMIN_TOKEN}");
+        self.request(
+            "POST",
+            path,
+            &[("authorization", &auth), ("content-type", "text/csv")],
+            Some(csv),
+        )
     }
 
     pub fn claim(&mut self, body: &Value) -> Reply {

@@ -214,6 +214,23 @@ pub fn record_json(seq: u64, event: &Event, ordinals: &Ordinals) -> Value {
                 "at": format_beijing(r.at),
             })
         }
+        Event::MerchantsImported(part) => json!({
+            "part": part.part,
+            "parts": part.parts,
+            "merchants": part.merchants.iter().map(|m| json!({
+                "merchant_id": m.merchant_id,
+                "name": m.name,
+                "county": m.county.0.to_string(),
+                "industry": m.industry,
+                "platform": m.platform,
+                "status": m.status.as_str(),
+            })).collect::<Vec<_>>(),
+        }),
+        Event::MerchantStatusChanged(change) => json!({
+            "merchant_id": change.merchant_id,
+            "status": change.status.as_str(),
+            "at": format_beijing(change.at),
+        }),
         Event::PoolDrawn(p) => {
             let added: Map<String, Value> = p
                 .added

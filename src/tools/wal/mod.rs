@@ -102,11 +102,13 @@ pub enum RecordType {
     TrancheSettled,
     VouchersRevoked,
     PoolDrawn,
+    MerchantsImported,
+    MerchantStatusChanged,
 }
 
 impl RecordType {
     /// Every type, in journal kind order.
-    pub const ALL: [RecordType; 9] = [
+    pub const ALL: [RecordType; 11] = [
         RecordType::CampaignDefined,
         RecordType::TrancheDefined,
         RecordType::TrancheControlled,
@@ -116,6 +118,8 @@ impl RecordType {
         RecordType::TrancheSettled,
         RecordType::VouchersRevoked,
         RecordType::PoolDrawn,
+        RecordType::MerchantsImported,
+        RecordType::MerchantStatusChanged,
     ];
 
     pub fn of(event: &Event) -> RecordType {
@@ -129,6 +133,8 @@ impl RecordType {
             Event::TrancheSettled { .. } => RecordType::TrancheSettled,
             Event::VouchersRevoked(_) => RecordType::VouchersRevoked,
             Event::PoolDrawn(_) => RecordType::PoolDrawn,
+            Event::MerchantsImported(_) => RecordType::MerchantsImported,
+            Event::MerchantStatusChanged(_) => RecordType::MerchantStatusChanged,
         }
     }
 
@@ -143,6 +149,8 @@ impl RecordType {
             RecordType::TrancheSettled => "tranche_settled",
             RecordType::VouchersRevoked => "vouchers_revoked",
             RecordType::PoolDrawn => "pool_drawn",
+            RecordType::MerchantsImported => "merchants_imported",
+            RecordType::MerchantStatusChanged => "merchant_status_changed",
         }
     }
 

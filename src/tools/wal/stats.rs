@@ -346,7 +346,7 @@ mod tests {
         }
         assert_eq!(tally.first_seq, Some(1));
         let records: Vec<u64> = tally.types.iter().map(|t| t.records).collect();
-        assert_eq!(records, [0, 2, 1, 3, 0, 0, 0, 0, 0]);
+        assert_eq!(records, [0, 2, 1, 3, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(tally.total().payload_bytes, 60);
         let [tranche] = tally.tranches.as_slice() else {
             panic!("one tranche: {:?}", tally.tranches)
