@@ -7,7 +7,10 @@
 
 mod admin;
 mod claims;
-pub use claims::{ValidClaim, parse_claim};
+pub use claims::{
+    MAX_DEVICE_ID_BYTES, MAX_HASH_HEX_CHARS, MAX_REQUEST_ID_BYTES, MAX_USER_ID_BYTES,
+    MIN_HASH_HEX_CHARS, ValidClaim, parse_claim,
+};
 mod public;
 mod respond;
 pub mod wire;

@@ -356,6 +356,10 @@ impl<'a> BatchEncoder<'a> {
     }
 
     /// Appends one record; its seq is `first_seq + records pushed so far`.
+    ///
+    /// The seq after the record must still be a `u64` (so seq `u64::MAX` is never written),
+    /// the same rule [`check_batch_envelope`] and `Wal::append` apply: a batch the encoder
+    /// finishes always decodes.
     pub fn push(&mut self, kind: u8, payload: &[u8]) -> Result<u64, EncodeError> {
         if kind == 0 {
             return Err(EncodeError::KindZero);
@@ -368,7 +372,10 @@ impl<'a> BatchEncoder<'a> {
         if self.records >= MAX_BATCH_RECORDS {
             return Err(EncodeError::TooManyRecords);
         }
-        let seq = self.next_seq().ok_or(EncodeError::SeqOverflow)?;
+        let seq = self
+            .next_seq()
+            .filter(|seq| seq.checked_add(1).is_some())
+            .ok_or(EncodeError::SeqOverflow)?;
         let record_bytes = record_encoded_len(payload.len()).ok_or(EncodeError::BodyTooLarge)?;
         let new_body_bytes = self
             .body_bytes
@@ -772,9 +779,33 @@ mod tests {
         ));
         encoder.push(1, b"").expect("empty payload fits");
         let mut tail = vec![0u8; 64];
-        let mut encoder = BatchEncoder::new(&mut tail, u64::MAX).expect("encoder");
+        let mut encoder = BatchEncoder::new(&mut tail, u64::MAX - 1).expect("encoder");
         encoder.push(1, b"").expect("last seq");
         assert_eq!(encoder.push(1, b""), Err(EncodeError::SeqOverflow));
+    }
+
+    /// Regression (fuzz target `wal_frame_decode`): the encoder wrote a record with seq
+    /// `u64::MAX`, whose batch the decoder refuses (the seq after it overflows). A writer and
+    /// a reader that disagree would make replay treat a synced batch as a torn tail.
+    #[test]
+    fn every_finished_batch_decodes_even_at_the_top_of_the_seq_range() {
+        for first_seq in [u64::MAX, u64::MAX - 1, u64::MAX - 2] {
+            let mut buf = vec![0u8; 1024];
+            let mut encoder = BatchEncoder::new(&mut buf, first_seq).expect("encoder");
+            let mut pushed = 0u64;
+            while encoder.push(7, b"x").is_ok() {
+                pushed += 1;
+            }
+            assert_eq!(pushed, u64::MAX - first_seq, "first seq {first_seq}");
+            if pushed == 0 {
+                assert_eq!(encoder.finish(), Err(EncodeError::EmptyBatch));
+                continue;
+            }
+            let len = encoder.finish().expect("finish");
+            let batch = decode_batch(&buf[..len]).expect("a finished batch decodes");
+            assert_eq!(batch.first_seq(), first_seq);
+            assert_eq!(batch.record_count() as u64, pushed);
+        }
     }
 
     #[test]
