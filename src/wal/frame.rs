@@ -71,8 +71,10 @@ pub const MAX_BATCH_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Most records one batch may hold.
 pub const MAX_BATCH_RECORDS: usize = 65_536;
 
+/// The batch checksum covers the batch from this offset (after the magic and the checksum).
+pub const BATCH_CRC_COVERAGE_START: usize = 8;
+
 const SEGMENT_HEADER_CRC_OFFSET: usize = 40;
-const BATCH_CRC_COVERAGE_START: usize = 8;
 const RECORD_KIND_OFFSET: usize = 8;
 const RECORD_PAD_START: usize = 9;
 const RECORD_SEQ_OFFSET: usize = 16;
@@ -428,13 +430,29 @@ impl<'a> BatchEncoder<'a> {
     }
 }
 
-/// Checks the batch header and the batch checksum at the start of `buf`.
-///
-/// Success means these exact bytes were produced by [`BatchEncoder::finish`] (up to a CRC32C
-/// collision): a torn or partial write cannot pass. Record-level checks are left to
-/// [`decode_batch`]; replay treats a failure here as "no batch starts here" and a failure there
-/// as corruption.
-pub fn check_batch_envelope(buf: &[u8]) -> Result<BatchEnvelope<'_>, FrameError> {
+/// The fields of a batch header that passed every check except the checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    /// The checksum the header claims for bytes `BATCH_CRC_COVERAGE_START..encoded_bytes`.
+    pub stored_crc: u32,
+    /// Body length in bytes.
+    pub body_bytes: usize,
+    /// Number of records the header claims.
+    pub record_count: usize,
+    /// Seq of the first record.
+    pub first_seq: u64,
+}
+
+impl BatchHeader {
+    /// Header plus body.
+    pub fn encoded_bytes(&self) -> usize {
+        BATCH_HEADER_BYTES + self.body_bytes
+    }
+}
+
+/// Checks the batch header at the start of `buf`: every check of [`check_batch_envelope`]
+/// except the ones that need the body (its presence and the checksum).
+pub fn check_batch_header(buf: &[u8]) -> Result<BatchHeader, FrameError> {
     let header_truncated = FrameError::BatchTruncated {
         needed_bytes: BATCH_HEADER_BYTES,
         available_bytes: buf.len(),
@@ -446,7 +464,7 @@ pub fn check_batch_envelope(buf: &[u8]) -> Result<BatchEnvelope<'_>, FrameError>
     if magic != BATCH_MAGIC {
         return Err(FrameError::BadBatchMagic { found: magic });
     }
-    let stored = read_u32(header, 4).ok_or(header_truncated.clone())?;
+    let stored_crc = read_u32(header, 4).ok_or(header_truncated.clone())?;
     let body_bytes = read_u32(header, 8).ok_or(header_truncated.clone())? as usize;
     let record_count = read_u32(header, 12).ok_or(header_truncated.clone())? as usize;
     let first_seq = read_u64(header, 16).ok_or(header_truncated)?;
@@ -473,6 +491,27 @@ pub fn check_batch_envelope(buf: &[u8]) -> Result<BatchEnvelope<'_>, FrameError>
             records: record_count,
         });
     }
+    Ok(BatchHeader {
+        stored_crc,
+        body_bytes,
+        record_count,
+        first_seq,
+    })
+}
+
+/// Checks the batch header and the batch checksum at the start of `buf`.
+///
+/// Success means these exact bytes were produced by [`BatchEncoder::finish`] (up to a CRC32C
+/// collision): a torn or partial write cannot pass. Record-level checks are left to
+/// [`decode_batch`]; replay treats a failure here as "no batch starts here" and a failure there
+/// as corruption.
+pub fn check_batch_envelope(buf: &[u8]) -> Result<BatchEnvelope<'_>, FrameError> {
+    let BatchHeader {
+        stored_crc: stored,
+        body_bytes,
+        record_count,
+        first_seq,
+    } = check_batch_header(buf)?;
     let encoded_bytes = BATCH_HEADER_BYTES + body_bytes;
     let batch = buf.get(..encoded_bytes).ok_or(FrameError::BatchTruncated {
         needed_bytes: encoded_bytes,
