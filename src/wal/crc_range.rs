@@ -22,7 +22,7 @@ const CRC32C_POLY_REVERSED: u32 = 0x82F6_3B78;
 /// A linear map on 32-bit checksums: column `i` is the image of bit `i`.
 type Gf2Matrix = [u32; 32];
 
-fn apply(matrix: &Gf2Matrix, vector: u32) -> u32 {
+const fn apply(matrix: &Gf2Matrix, vector: u32) -> u32 {
     let mut sum = 0;
     let mut rest = vector;
     let mut column = 0;
@@ -36,38 +36,42 @@ fn apply(matrix: &Gf2Matrix, vector: u32) -> u32 {
     sum
 }
 
-fn square(matrix: &Gf2Matrix) -> Gf2Matrix {
+const fn square(matrix: &Gf2Matrix) -> Gf2Matrix {
     let mut out = [0u32; 32];
-    for (slot, column) in out.iter_mut().zip(matrix) {
-        *slot = apply(matrix, *column);
+    let mut i = 0;
+    while i < 32 {
+        out[i] = apply(matrix, matrix[i]);
+        i += 1;
     }
     out
 }
 
-/// `Z^(2^k)` for every `k` below `usize::BITS`: appending `2^k` zero bytes.
-fn zero_byte_powers() -> Vec<Gf2Matrix> {
+/// `Z^(2^k)` for every `k` below `usize::BITS`: appending `2^k` zero bytes. Computed at
+/// compile time.
+const ZERO_BYTE_POWERS: [Gf2Matrix; usize::BITS as usize] = {
     // One zero bit: shift right, folding the polynomial in when the low bit falls off.
     let mut one_bit = [0u32; 32];
     one_bit[0] = CRC32C_POLY_REVERSED;
-    for (i, column) in one_bit.iter_mut().enumerate().skip(1) {
-        *column = 1 << (i - 1);
+    let mut i = 1;
+    while i < 32 {
+        one_bit[i] = 1 << (i - 1);
+        i += 1;
     }
-    let one_byte = square(&square(&square(&one_bit)));
-    let mut powers = Vec::with_capacity(usize::BITS as usize);
-    powers.push(one_byte);
-    while powers.len() < usize::BITS as usize {
-        let next = square(&powers[powers.len() - 1]);
-        powers.push(next);
+    let mut powers = [[0u32; 32]; usize::BITS as usize];
+    powers[0] = square(&square(&square(&one_bit)));
+    let mut k = 1;
+    while k < powers.len() {
+        powers[k] = square(&powers[k - 1]);
+        k += 1;
     }
     powers
-}
+};
 
 /// Range checksums over one buffer. Building it hashes the buffer once.
 pub struct RangeCrc<'a> {
     bytes: &'a [u8],
     /// `checkpoints[j]` is the CRC32C of `bytes[..j * CHECKPOINT_STRIDE_BYTES]`.
     checkpoints: Vec<u32>,
-    zero_byte_powers: Vec<Gf2Matrix>,
 }
 
 impl<'a> RangeCrc<'a> {
@@ -79,11 +83,7 @@ impl<'a> RangeCrc<'a> {
             crc = crc32c::crc32c_append(crc, chunk);
             checkpoints.push(crc);
         }
-        Self {
-            bytes,
-            checkpoints,
-            zero_byte_powers: zero_byte_powers(),
-        }
+        Self { bytes, checkpoints }
     }
 
     /// CRC32C of `bytes[..end]`; `None` if `end` is past the buffer.
@@ -96,8 +96,8 @@ impl<'a> RangeCrc<'a> {
 
     /// `Z^zero_bytes(crc)`: the checksum `crc` after `zero_bytes` zero bytes were appended to
     /// its input, minus the checksum of those zeros alone.
-    fn shift(&self, mut crc: u32, zero_bytes: usize) -> u32 {
-        for (bit, power) in self.zero_byte_powers.iter().enumerate() {
+    fn shift(mut crc: u32, zero_bytes: usize) -> u32 {
+        for (bit, power) in ZERO_BYTE_POWERS.iter().enumerate() {
             if zero_bytes >> bit == 0 {
                 break;
             }
@@ -116,7 +116,7 @@ impl<'a> RangeCrc<'a> {
         }
         let whole = self.prefix(end)?;
         let head = self.prefix(start)?;
-        Some(whole ^ self.shift(head, end - start))
+        Some(whole ^ Self::shift(head, end - start))
     }
 }
 
@@ -174,9 +174,11 @@ mod tests {
 
     #[test]
     fn shift_agrees_with_crc32c_combine() {
-        let ranges = RangeCrc::new(&[]);
         for (crc, len) in [(0xDEAD_BEEF, 1), (1, 64), (0x1234_5678, 1_000_003), (7, 0)] {
-            assert_eq!(ranges.shift(crc, len), crc32c::crc32c_combine(crc, 0, len));
+            assert_eq!(
+                RangeCrc::shift(crc, len),
+                crc32c::crc32c_combine(crc, 0, len)
+            );
         }
     }
 }
