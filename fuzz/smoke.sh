@@ -23,7 +23,10 @@ flags=(-s none -a)
 cargo "${toolchain[@]}" fuzz build "${flags[@]}"
 
 scratch="$(mktemp -d)"
-trap 'rm -rf "$scratch"' EXIT
+# wal_replay writes its segment files here (in memory when /dev/shm exists).
+if [ -d /dev/shm ]; then shm="$(mktemp -d -p /dev/shm)"; else shm="$scratch/shm"; mkdir "$shm"; fi
+export VOUCHERD_FUZZ_SCRATCH="$shm"
+trap 'rm -rf "$scratch" "$shm"' EXIT
 for target in wal_frame_decode journal_decode claim_body wal_replay; do
   dict=()
   case "$target" in

@@ -3,7 +3,8 @@
 //! The input format is `voucherd_fuzz::ReplayInput`: a flag byte, then up to 8 segment files
 //! separated by `"\nNEXTSEG"`, each given whole or (flag bit 0) behind a valid header that the
 //! harness writes, so the fuzzer spends its time on batches rather than on the header CRC.
-//! Files are at most 1 MiB. The directory lives in `/dev/shm` when it exists.
+//! Files are at most 1 MiB. The directory lives in `$VOUCHERD_FUZZ_SCRATCH` if set, else in
+//! `/dev/shm` when it exists; it is left behind when the process exits.
 //!
 //! `scan` must return `Ok` or a typed error, never panic or hang (run with `-timeout`), and must
 //! not modify the directory. On `Ok`, records arrive contiguous from seq 1 and the report
@@ -22,11 +23,11 @@ use voucherd_fuzz::ReplayInput;
 fn scratch_dir() -> &'static (PathBuf, Mutex<Vec<String>>) {
     static DIR: OnceLock<(PathBuf, Mutex<Vec<String>>)> = OnceLock::new();
     DIR.get_or_init(|| {
-        let base = Path::new("/dev/shm");
-        let base = if base.is_dir() {
-            base.to_path_buf()
-        } else {
-            std::env::temp_dir()
+        let shm = Path::new("/dev/shm");
+        let base = match std::env::var_os("VOUCHERD_FUZZ_SCRATCH") {
+            Some(dir) => PathBuf::from(dir),
+            None if shm.is_dir() => shm.to_path_buf(),
+            None => std::env::temp_dir(),
         };
         let dir = base.join(format!("voucherd-fuzz-wal-replay-{}", std::process::id()));
         // A leftover from a crashed run with the same pid is emptied and reused.
