@@ -8,7 +8,10 @@
 mod admin;
 mod claims;
 mod lifecycle;
-pub use claims::{ValidClaim, parse_claim};
+pub use claims::{
+    MAX_DEVICE_ID_BYTES, MAX_HASH_HEX_CHARS, MAX_REQUEST_ID_BYTES, MAX_USER_ID_BYTES,
+    MIN_HASH_HEX_CHARS, ValidClaim, parse_claim,
+};
 mod merchant_csv;
 pub use merchant_csv::{ParsedCsv, parse_merchant_csv};
 mod merchants;

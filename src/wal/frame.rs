@@ -71,8 +71,10 @@ pub const MAX_BATCH_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// Most records one batch may hold.
 pub const MAX_BATCH_RECORDS: usize = 65_536;
 
+/// The batch checksum covers the batch from this offset (after the magic and the checksum).
+pub const BATCH_CRC_COVERAGE_START: usize = 8;
+
 const SEGMENT_HEADER_CRC_OFFSET: usize = 40;
-const BATCH_CRC_COVERAGE_START: usize = 8;
 const RECORD_KIND_OFFSET: usize = 8;
 const RECORD_PAD_START: usize = 9;
 const RECORD_SEQ_OFFSET: usize = 16;
@@ -356,6 +358,10 @@ impl<'a> BatchEncoder<'a> {
     }
 
     /// Appends one record; its seq is `first_seq + records pushed so far`.
+    ///
+    /// The seq after the record must still be a `u64` (so seq `u64::MAX` is never written),
+    /// the same rule [`check_batch_envelope`] and `Wal::append` apply: a batch the encoder
+    /// finishes always decodes.
     pub fn push(&mut self, kind: u8, payload: &[u8]) -> Result<u64, EncodeError> {
         if kind == 0 {
             return Err(EncodeError::KindZero);
@@ -368,7 +374,10 @@ impl<'a> BatchEncoder<'a> {
         if self.records >= MAX_BATCH_RECORDS {
             return Err(EncodeError::TooManyRecords);
         }
-        let seq = self.next_seq().ok_or(EncodeError::SeqOverflow)?;
+        let seq = self
+            .next_seq()
+            .filter(|seq| seq.checked_add(1).is_some())
+            .ok_or(EncodeError::SeqOverflow)?;
         let record_bytes = record_encoded_len(payload.len()).ok_or(EncodeError::BodyTooLarge)?;
         let new_body_bytes = self
             .body_bytes
@@ -421,13 +430,29 @@ impl<'a> BatchEncoder<'a> {
     }
 }
 
-/// Checks the batch header and the batch checksum at the start of `buf`.
-///
-/// Success means these exact bytes were produced by [`BatchEncoder::finish`] (up to a CRC32C
-/// collision): a torn or partial write cannot pass. Record-level checks are left to
-/// [`decode_batch`]; replay treats a failure here as "no batch starts here" and a failure there
-/// as corruption.
-pub fn check_batch_envelope(buf: &[u8]) -> Result<BatchEnvelope<'_>, FrameError> {
+/// The fields of a batch header that passed every check except the checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    /// The checksum the header claims for bytes `BATCH_CRC_COVERAGE_START..encoded_bytes`.
+    pub stored_crc: u32,
+    /// Body length in bytes.
+    pub body_bytes: usize,
+    /// Number of records the header claims.
+    pub record_count: usize,
+    /// Seq of the first record.
+    pub first_seq: u64,
+}
+
+impl BatchHeader {
+    /// Header plus body.
+    pub fn encoded_bytes(&self) -> usize {
+        BATCH_HEADER_BYTES + self.body_bytes
+    }
+}
+
+/// Checks the batch header at the start of `buf`: every check of [`check_batch_envelope`]
+/// except the ones that need the body (its presence and the checksum).
+pub fn check_batch_header(buf: &[u8]) -> Result<BatchHeader, FrameError> {
     let header_truncated = FrameError::BatchTruncated {
         needed_bytes: BATCH_HEADER_BYTES,
         available_bytes: buf.len(),
@@ -439,7 +464,7 @@ pub fn check_batch_envelope(buf: &[u8]) -> Result<BatchEnvelope<'_>, FrameError>
     if magic != BATCH_MAGIC {
         return Err(FrameError::BadBatchMagic { found: magic });
     }
-    let stored = read_u32(header, 4).ok_or(header_truncated.clone())?;
+    let stored_crc = read_u32(header, 4).ok_or(header_truncated.clone())?;
     let body_bytes = read_u32(header, 8).ok_or(header_truncated.clone())? as usize;
     let record_count = read_u32(header, 12).ok_or(header_truncated.clone())? as usize;
     let first_seq = read_u64(header, 16).ok_or(header_truncated)?;
@@ -466,6 +491,27 @@ pub fn check_batch_envelope(buf: &[u8]) -> Result<BatchEnvelope<'_>, FrameError>
             records: record_count,
         });
     }
+    Ok(BatchHeader {
+        stored_crc,
+        body_bytes,
+        record_count,
+        first_seq,
+    })
+}
+
+/// Checks the batch header and the batch checksum at the start of `buf`.
+///
+/// Success means these exact bytes were produced by [`BatchEncoder::finish`] (up to a CRC32C
+/// collision): a torn or partial write cannot pass. Record-level checks are left to
+/// [`decode_batch`]; replay treats a failure here as "no batch starts here" and a failure there
+/// as corruption.
+pub fn check_batch_envelope(buf: &[u8]) -> Result<BatchEnvelope<'_>, FrameError> {
+    let BatchHeader {
+        stored_crc: stored,
+        body_bytes,
+        record_count,
+        first_seq,
+    } = check_batch_header(buf)?;
     let encoded_bytes = BATCH_HEADER_BYTES + body_bytes;
     let batch = buf.get(..encoded_bytes).ok_or(FrameError::BatchTruncated {
         needed_bytes: encoded_bytes,
@@ -772,9 +818,33 @@ mod tests {
         ));
         encoder.push(1, b"").expect("empty payload fits");
         let mut tail = vec![0u8; 64];
-        let mut encoder = BatchEncoder::new(&mut tail, u64::MAX).expect("encoder");
+        let mut encoder = BatchEncoder::new(&mut tail, u64::MAX - 1).expect("encoder");
         encoder.push(1, b"").expect("last seq");
         assert_eq!(encoder.push(1, b""), Err(EncodeError::SeqOverflow));
+    }
+
+    /// Regression (fuzz target `wal_frame_decode`): the encoder wrote a record with seq
+    /// `u64::MAX`, whose batch the decoder refuses (the seq after it overflows). A writer and
+    /// a reader that disagree would make replay treat a synced batch as a torn tail.
+    #[test]
+    fn every_finished_batch_decodes_even_at_the_top_of_the_seq_range() {
+        for first_seq in [u64::MAX, u64::MAX - 1, u64::MAX - 2] {
+            let mut buf = vec![0u8; 1024];
+            let mut encoder = BatchEncoder::new(&mut buf, first_seq).expect("encoder");
+            let mut pushed = 0u64;
+            while encoder.push(7, b"x").is_ok() {
+                pushed += 1;
+            }
+            assert_eq!(pushed, u64::MAX - first_seq, "first seq {first_seq}");
+            if pushed == 0 {
+                assert_eq!(encoder.finish(), Err(EncodeError::EmptyBatch));
+                continue;
+            }
+            let len = encoder.finish().expect("finish");
+            let batch = decode_batch(&buf[..len]).expect("a finished batch decodes");
+            assert_eq!(batch.first_seq(), first_seq);
+            assert_eq!(batch.record_count() as u64, pushed);
+        }
     }
 
     #[test]

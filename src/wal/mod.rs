@@ -13,6 +13,8 @@
 //!   **Invariant:** at most one batch is unsynced at any time; completions fire only after sync.
 //! - `replay.rs`: validation, torn-tail detection and delivery, with the crash-safety rules.
 //!   **Invariant:** a corrupt log is never "repaired"; only a torn final batch is erased.
+//! - `crc_range.rs`: CRC32C of any range of a segment without re-reading it, so that replay's
+//!   search for a valid batch after damage stays linear.
 //! - `error.rs`: the error enums.
 //!
 //! # Write path
@@ -29,6 +31,7 @@
 //! read-only, for operator tools.
 
 mod committer;
+mod crc_range;
 mod error;
 pub mod frame;
 mod replay;
