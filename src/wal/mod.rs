@@ -7,20 +7,28 @@
 //! # Code map
 //! - `frame.rs`: the byte layout of segment headers, batches and records, with CRC32C. Pure.
 //!   **Invariant:** no I/O, no `unsafe`, no panics on any input.
-//! - `segment.rs`: the directory lock, segment creation (`fallocate`, never sparse), mapping and
-//!   `msync`. **Invariant:** the only file of voucherd with `unsafe`.
-//! - `committer.rs`: the bounded append queue and the single `wal-committer` thread.
+//! - `storage.rs`: the storage traits ([`Storage`]: the directory; `SegmentWriter`: the tail
+//!   segment) and the crash-safe protocols written once on top of them (segment creation).
+//!   **Invariant:** the order of durable steps is decided here, the committer and replay,
+//!   never in a storage implementation.
+//! - `segment.rs`: the production storage: directory lock, `fallocate`, mapping and `msync`.
+//!   **Invariant:** with the other writers, the only files of voucherd with `unsafe`.
+//! - `committer.rs`: the bounded append queue, `LogWriter` (roll, encode, write, sync; no
+//!   threads, no clock) and the single `wal-committer` thread around it.
 //!   **Invariant:** at most one batch is unsynced at any time; completions fire only after sync.
 //! - `replay.rs`: validation, torn-tail detection and delivery, with the crash-safety rules.
 //!   **Invariant:** a corrupt log is never "repaired"; only a torn final batch is erased.
 //! - `error.rs`: the error enums.
+//! - `sim_storage.rs`, `simulation.rs` (tests only): a fault-injecting in-memory disk, and the
+//!   seeded simulation that crashes a voucher workload at every write and sync boundary.
 //!
 //! # Write path
 //! 1. [`Wal::append`] assigns the next seq and queues the record under a short lock; no I/O.
-//! 2. The committer takes a batch, rolls to a new segment if it does not fit, copies it into the
-//!    mapped tail, and syncs its pages with `msync(MS_SYNC)`.
+//! 2. The committer takes a batch, rolls to a new segment if it does not fit, encodes it,
+//!    writes it at the tail and syncs it (mmap writer: copy into the mapping, `msync(MS_SYNC)`).
 //! 3. It publishes [`Wal::durable_seq`], then fires the batch's completions and due barriers.
-//! 4. A failed sync or segment creation exits the process with [`WAL_FATAL_EXIT_CODE`].
+//! 4. A failed write, sync or segment creation exits the process with [`WAL_FATAL_EXIT_CODE`]
+//!    and fires no completion of the batch.
 //!
 //! # Startup
 //! [`open`] locks the directory, validates every segment, delivers every durable record to the
@@ -33,7 +41,12 @@ mod error;
 pub mod frame;
 mod replay;
 mod segment;
+mod storage;
 
+#[cfg(test)]
+mod sim_storage;
+#[cfg(test)]
+mod simulation;
 #[cfg(test)]
 mod tests;
 
@@ -49,11 +62,14 @@ pub use crate::wal::frame::{
     MAX_RECORD_PAYLOAD_BYTES, RecordRef,
 };
 pub use crate::wal::replay::ReplayReport;
-pub use crate::wal::segment::{StorageError, segment_file_name};
+pub use crate::wal::storage::{StorageError, segment_file_name};
 
-use crate::wal::committer::{BatchLimits, Committer, Shared};
+use crate::wal::committer::{
+    BatchLimits, Committer, FatalHandler, LogWriter, Shared, exit_on_fatal,
+};
 use crate::wal::frame::SEGMENT_HEADER_BYTES;
-use crate::wal::segment::{WalDir, WritableSegment};
+use crate::wal::segment::WalDir;
+use crate::wal::storage::{SegmentWriter, Storage};
 
 /// Process exit code after a failed sync or segment creation (`EX_IOERR`).
 pub const WAL_FATAL_EXIT_CODE: i32 = 74;
@@ -231,59 +247,35 @@ impl fmt::Debug for Wal {
 /// after records were delivered. If `on_record` fails, no file has been modified.
 pub fn open<E>(
     opts: WalOptions,
-    mut on_record: impl FnMut(RecordRef<'_>) -> Result<(), E>,
+    on_record: impl FnMut(RecordRef<'_>) -> Result<(), E>,
 ) -> Result<(Wal, ReplayReport), OpenError<E>> {
     opts.validate().map_err(OpenError::BadOptions)?;
-    let dir = WalDir::open_exclusive(&opts.dir)?;
-    let listing = dir.list()?;
-    if !listing.stale_temp_files.is_empty() {
-        tracing::warn!(
-            files = ?listing.stale_temp_files,
-            "removing segment files whose creation was interrupted"
-        );
-        dir.remove_stale_temp_files(&listing.stale_temp_files)?;
-    }
-    let plan = replay::validate(&dir, &listing)?;
-    replay::deliver(&plan, &mut on_record)?;
-    let report = plan.report(&dir);
-    let (segment, segment_index) = match plan.segments.last() {
-        Some(last) => {
-            let mut segment =
-                WritableSegment::open_existing(&last.path, last.header.segment_size_bytes)?;
-            if let Some(torn) = last.torn_tail {
-                segment.zero_and_sync(torn.start_bytes, torn.end_bytes)?;
-                tracing::warn!(
-                    segment = %last.path.display(),
-                    offset_bytes = torn.start_bytes,
-                    truncated_bytes = torn.end_bytes - torn.start_bytes,
-                    "WAL torn tail erased: {} bytes at {} offset {} (an unsynced batch from a crash)",
-                    torn.end_bytes - torn.start_bytes,
-                    last.path.display(),
-                    torn.start_bytes,
-                );
-            }
-            (segment, last.index)
-        }
-        None => (
-            dir.create_segment(FIRST_SEGMENT_INDEX, FIRST_SEQ, opts.segment_size_bytes)?,
-            FIRST_SEGMENT_INDEX,
-        ),
-    };
+    let storage = WalDir::open_exclusive(&opts.dir)?;
+    open_with_storage(storage, opts, Arc::new(exit_on_fatal), on_record)
+}
+
+/// [`open`] on any [`Storage`], with the handler the committer calls on a fatal error
+/// (production: [`exit_on_fatal`]). `opts.dir` is ignored: the storage is the directory.
+pub(crate) fn open_with_storage<S: Storage, E>(
+    storage: S,
+    opts: WalOptions,
+    on_fatal: FatalHandler,
+    on_record: impl FnMut(RecordRef<'_>) -> Result<(), E>,
+) -> Result<(Wal, ReplayReport), OpenError<E>> {
+    opts.validate().map_err(OpenError::BadOptions)?;
+    let dir_path = storage.dir_path().to_path_buf();
+    let (log, report) = recover(storage, opts.segment_size_bytes, on_record)?;
     let shared = Arc::new(Shared::new(report.last_seq, opts.max_queue_records));
-    let dir_path = dir.path().to_path_buf();
     let committer = Committer {
         shared: Arc::clone(&shared),
-        dir,
-        segment,
-        segment_index,
-        write_offset_bytes: report.tail_offset_bytes as usize,
+        log,
         limits: BatchLimits {
             max_batch_records: opts.max_batch_records,
             max_batch_bytes: opts.max_batch_bytes,
             batch_window: opts.batch_window,
-            segment_size_bytes: opts.segment_size_bytes,
         },
         observer: opts.observer,
+        on_fatal,
     };
     let handle = committer.spawn().map_err(|source| StorageError {
         operation: "spawn the wal-committer thread for",
@@ -307,19 +299,79 @@ pub fn open<E>(
     ))
 }
 
+/// Everything [`open`] does before it starts the committer thread: removes stale temporary
+/// files, validates, delivers, erases a torn tail (or creates the first segment), and returns
+/// the writer positioned at the tail. The simulation drives the returned writer step by step.
+pub(crate) fn recover<S: Storage, E>(
+    storage: S,
+    segment_size_bytes: u64,
+    mut on_record: impl FnMut(RecordRef<'_>) -> Result<(), E>,
+) -> Result<(LogWriter<S>, ReplayReport), OpenError<E>> {
+    let listing = storage::list(&storage)?;
+    if !listing.stale_temp_files.is_empty() {
+        tracing::warn!(
+            files = ?listing.stale_temp_files,
+            "removing segment files whose creation was interrupted"
+        );
+        storage::remove_stale_temp_files(&storage, &listing.stale_temp_files)?;
+    }
+    let plan = replay::validate(&storage, &listing)?;
+    replay::deliver(&storage, &plan, &mut on_record)?;
+    let report = plan.report(&storage);
+    let (segment, segment_index) = match plan.segments.last() {
+        Some(last) => {
+            let mut segment = storage.open_segment(&last.path, last.header.segment_size_bytes)?;
+            if let Some(torn) = last.torn_tail {
+                let zeros = vec![0u8; torn.end_bytes - torn.start_bytes];
+                segment.write_and_sync(torn.start_bytes, &zeros)?;
+                tracing::warn!(
+                    segment = %last.path.display(),
+                    offset_bytes = torn.start_bytes,
+                    truncated_bytes = torn.end_bytes - torn.start_bytes,
+                    "WAL torn tail erased: {} bytes at {} offset {} (an unsynced batch from a crash)",
+                    torn.end_bytes - torn.start_bytes,
+                    last.path.display(),
+                    torn.start_bytes,
+                );
+            }
+            (segment, last.index)
+        }
+        None => (
+            storage::create_segment(&storage, FIRST_SEGMENT_INDEX, FIRST_SEQ, segment_size_bytes)?,
+            FIRST_SEGMENT_INDEX,
+        ),
+    };
+    let log = LogWriter::new(
+        storage,
+        segment,
+        segment_index,
+        report.tail_offset_bytes as usize,
+        report.last_seq + 1,
+        segment_size_bytes,
+    );
+    Ok((log, report))
+}
+
 /// Read-only scan for operator tools: the same validation and callback as [`open`], but it
 /// never creates, modifies or removes anything. A torn tail is reported in
 /// `truncated_tail_bytes` (what `open` would erase). Fails with `Locked` while a `Wal` has the
 /// directory open, and with `Io` if the directory does not exist.
 pub fn scan<E>(
     dir: &Path,
+    on_record: impl FnMut(RecordRef<'_>) -> Result<(), E>,
+) -> Result<ReplayReport, OpenError<E>> {
+    scan_storage(&WalDir::open_shared(dir)?, on_record)
+}
+
+/// [`scan`] on any [`Storage`].
+pub(crate) fn scan_storage<E>(
+    storage: &impl Storage,
     mut on_record: impl FnMut(RecordRef<'_>) -> Result<(), E>,
 ) -> Result<ReplayReport, OpenError<E>> {
-    let dir = WalDir::open_shared(dir)?;
-    let listing = dir.list()?;
-    let plan = replay::validate(&dir, &listing)?;
-    replay::deliver(&plan, &mut on_record)?;
-    Ok(plan.report(&dir))
+    let listing = storage::list(storage)?;
+    let plan = replay::validate(storage, &listing)?;
+    replay::deliver(storage, &plan, &mut on_record)?;
+    Ok(plan.report(storage))
 }
 
 impl Wal {
