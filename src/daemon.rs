@@ -165,6 +165,7 @@ fn recover(config: &Config, regions: RegionIndex) -> Result<Dispenser, i32> {
         batch_window: config.storage.batch_window,
         max_queue_records: config.server.max_inflight_claims + WAL_QUEUE_HEADROOM_RECORDS,
         observer: Arc::new(WalTelemetry::new()),
+        writer: config.storage.writer,
     };
     let opened = wal::open(options, |record| {
         recovered.apply(record.seq, record.kind, record.payload)

@@ -150,10 +150,20 @@ fn limited_command(config: &Path) -> Command {
 }
 
 #[test]
-fn enospc_at_segment_roll_exits_74_without_acknowledging_the_batch() {
+fn mmap_writer_fails_stop_when_the_segment_roll_fails() {
+    check_fail_stop_at_roll("mmap");
+}
+
+#[test]
+fn io_uring_writer_fails_stop_when_the_segment_roll_fails() {
+    check_fail_stop_at_roll("io_uring");
+}
+
+fn check_fail_stop_at_roll(writer: &'static str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut config = TestConfig {
         segment_size_bytes: FIRST_SEGMENT_BYTES,
+        wal_writer: Some(writer),
         ..TestConfig::default()
     };
     let daemon = start(dir.path(), &config);
@@ -171,6 +181,11 @@ fn enospc_at_segment_roll_exits_74_without_acknowledging_the_batch() {
         stderr.contains("could not create the next WAL segment"),
         "{stderr}"
     );
+    let expected_writer = match writer {
+        "io_uring" if io_uring::IoUring::new(4).is_ok() => "writer=IoUring",
+        _ => "writer=Mmap",
+    };
+    assert!(stderr.contains(expected_writer), "{stderr}");
 
     let acked: Vec<&Outcome> = outcomes.iter().filter(|o| o.acked.is_some()).collect();
     let unanswered: Vec<&Outcome> = outcomes
@@ -241,7 +256,7 @@ fn enospc_at_segment_roll_exits_74_without_acknowledging_the_batch() {
         "the claims of the failing batch were in flight and are not in the log"
     );
     println!(
-        "fail-stop: exit 74 after {} acknowledged claims; {} claims unanswered ({} in flight, \
+        "fail-stop ({writer}): exit 74 after {} acknowledged claims; {} claims unanswered ({} in flight, \
          {in_flight_reissued} of them reissued on retry); {claims_in_log} claims in the log",
         acked.len(),
         unanswered.len(),

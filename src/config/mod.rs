@@ -26,7 +26,7 @@ pub const MAX_BODY_BYTES_CEILING: usize = 8 * 1024;
 pub const MAX_CONNECTIONS_CEILING: usize = 100_000;
 pub const MAX_INFLIGHT_CLAIMS_CEILING: usize = 1_000_000;
 pub const MAX_COUNTIES: usize = 256;
-pub use crate::wal::{MAX_SEGMENT_SIZE_BYTES, MIN_SEGMENT_SIZE_BYTES};
+pub use crate::wal::{MAX_SEGMENT_SIZE_BYTES, MIN_SEGMENT_SIZE_BYTES, WalWriter};
 pub const MAX_BATCH_RECORDS_CEILING: usize = crate::wal::MAX_BATCH_RECORDS;
 pub const MAX_BATCH_WINDOW_US: u64 = 100_000;
 
@@ -59,6 +59,7 @@ pub struct StorageConfig {
     pub segment_size_bytes: u64,
     pub batch_window: Duration,
     pub max_batch_records: usize,
+    pub writer: WalWriter,
 }
 
 #[derive(Clone, Debug)]
@@ -287,6 +288,11 @@ impl Validator {
             segment_size_bytes: raw.segment_size_bytes,
             batch_window: Duration::from_micros(raw.batch_window_us),
             max_batch_records: raw.max_batch_records,
+            writer: match raw.writer {
+                raw::RawWalWriter::Mmap => WalWriter::Mmap,
+                raw::RawWalWriter::IoUring => WalWriter::IoUring,
+                raw::RawWalWriter::Auto => WalWriter::Auto,
+            },
         })
     }
 

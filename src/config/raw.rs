@@ -68,6 +68,18 @@ pub struct RawStorage {
     pub batch_window_us: u64,
     #[serde(default = "default_max_batch_records")]
     pub max_batch_records: usize,
+    /// WAL writer: "mmap", "io_uring" or "auto" (the default: the faster safe writer).
+    #[serde(default)]
+    pub writer: RawWalWriter,
+}
+
+#[derive(Deserialize, Clone, Copy, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RawWalWriter {
+    Mmap,
+    IoUring,
+    #[default]
+    Auto,
 }
 
 fn default_segment_size_bytes() -> u64 {

@@ -39,9 +39,12 @@
 mod committer;
 mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod probe;
 mod replay;
 mod segment;
 mod storage;
+pub(crate) mod uring;
 
 #[cfg(test)]
 mod sim_storage;
@@ -70,6 +73,7 @@ use crate::wal::committer::{
 use crate::wal::frame::SEGMENT_HEADER_BYTES;
 use crate::wal::segment::WalDir;
 use crate::wal::storage::{SegmentWriter, Storage};
+use crate::wal::uring::{ChosenWriter, UringStorage};
 
 /// Process exit code after a failed sync or segment creation (`EX_IOERR`).
 pub const WAL_FATAL_EXIT_CODE: i32 = 74;
@@ -116,6 +120,31 @@ impl WalObserver for NoopObserver {
     fn batch_synced(&self, _records: usize, _bytes: usize, _sync_duration: Duration) {}
 }
 
+/// Which writer appends batches (`storage.writer` in the daemon's config). Every writer
+/// produces the same on-disk format; replay does not care which one wrote a log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WalWriter {
+    /// Copy into a shared mapping of the segment, then `msync(MS_SYNC)`.
+    Mmap,
+    /// An io_uring `WRITE` linked to an `FSYNC(DATASYNC)`, one submission per batch. Falls
+    /// back to `Mmap`, with one warning, where the kernel refuses io_uring.
+    IoUring,
+    /// The default: the faster safe writer on this platform, currently `IoUring` (see
+    /// `BENCHMARKS.md`), with the same fallback.
+    #[default]
+    Auto,
+}
+
+/// The writer an open [`Wal`] actually uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterKind {
+    Mmap,
+    IoUring,
+    /// The tests' fault-injecting in-memory storage.
+    #[cfg(test)]
+    Simulated,
+}
+
 /// Configuration of a [`Wal`]; checked by [`WalOptions::validate`] when the log is opened.
 #[derive(Clone)]
 pub struct WalOptions {
@@ -136,6 +165,8 @@ pub struct WalOptions {
     pub max_queue_records: usize,
     /// Receives per-batch sync events.
     pub observer: Arc<dyn WalObserver>,
+    /// Which writer appends batches.
+    pub writer: WalWriter,
 }
 
 impl fmt::Debug for WalOptions {
@@ -147,13 +178,14 @@ impl fmt::Debug for WalOptions {
             .field("max_batch_bytes", &self.max_batch_bytes)
             .field("batch_window", &self.batch_window)
             .field("max_queue_records", &self.max_queue_records)
+            .field("writer", &self.writer)
             .finish_non_exhaustive()
     }
 }
 
 impl WalOptions {
     /// Options with production defaults: 64 MiB segments, batches of up to 4,096 records or
-    /// 4 MiB, no batch window, 65,536 queued records, no observer.
+    /// 4 MiB, no batch window, 65,536 queued records, no observer, the default writer.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
@@ -163,6 +195,7 @@ impl WalOptions {
             batch_window: Duration::ZERO,
             max_queue_records: 65_536,
             observer: Arc::new(NoopObserver),
+            writer: WalWriter::default(),
         }
     }
 
@@ -228,6 +261,7 @@ impl WalOptions {
 pub struct Wal {
     shared: Arc<Shared>,
     committer: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    writer: WriterKind,
 }
 
 impl fmt::Debug for Wal {
@@ -235,6 +269,7 @@ impl fmt::Debug for Wal {
         f.debug_struct("Wal")
             .field("durable_seq", &self.durable_seq())
             .field("next_seq", &self.next_seq())
+            .field("writer", &self.writer)
             .finish_non_exhaustive()
     }
 }
@@ -249,9 +284,24 @@ pub fn open<E>(
     opts: WalOptions,
     on_record: impl FnMut(RecordRef<'_>) -> Result<(), E>,
 ) -> Result<(Wal, ReplayReport), OpenError<E>> {
+    open_with_ring_setup(opts, uring::setup_ring, on_record)
+}
+
+/// [`open`], with the io_uring setup injectable (tests make it fail).
+pub(crate) fn open_with_ring_setup<E>(
+    opts: WalOptions,
+    setup_ring: impl FnOnce() -> std::io::Result<io_uring::IoUring>,
+    on_record: impl FnMut(RecordRef<'_>) -> Result<(), E>,
+) -> Result<(Wal, ReplayReport), OpenError<E>> {
     opts.validate().map_err(OpenError::BadOptions)?;
-    let storage = WalDir::open_exclusive(&opts.dir)?;
-    open_with_storage(storage, opts, Arc::new(exit_on_fatal), on_record)
+    let dir = WalDir::open_exclusive(&opts.dir)?;
+    let on_fatal: FatalHandler = Arc::new(exit_on_fatal);
+    match uring::choose_writer(opts.writer, &opts.dir, setup_ring)? {
+        ChosenWriter::Mmap => open_with_storage(dir, opts, on_fatal, on_record),
+        ChosenWriter::IoUring(ring) => {
+            open_with_storage(UringStorage::new(dir, ring), opts, on_fatal, on_record)
+        }
+    }
 }
 
 /// [`open`] on any [`Storage`], with the handler the committer calls on a fatal error
@@ -263,6 +313,7 @@ pub(crate) fn open_with_storage<S: Storage, E>(
     on_record: impl FnMut(RecordRef<'_>) -> Result<(), E>,
 ) -> Result<(Wal, ReplayReport), OpenError<E>> {
     opts.validate().map_err(OpenError::BadOptions)?;
+    let writer = S::WRITER;
     let dir_path = storage.dir_path().to_path_buf();
     let (log, report) = recover(storage, opts.segment_size_bytes, on_record)?;
     let shared = Arc::new(Shared::new(report.last_seq, opts.max_queue_records));
@@ -288,12 +339,14 @@ pub(crate) fn open_with_storage<S: Storage, E>(
         last_seq = report.last_seq,
         tail_segment = %report.tail_segment.display(),
         tail_offset_bytes = report.tail_offset_bytes,
+        writer = ?writer,
         "WAL opened"
     );
     Ok((
         Wal {
             shared,
             committer: parking_lot::Mutex::new(Some(handle)),
+            writer,
         },
         report,
     ))
@@ -405,6 +458,11 @@ impl Wal {
     /// Seq the next appended record will get.
     pub fn next_seq(&self) -> u64 {
         self.shared.next_seq()
+    }
+
+    /// The writer this log appends with (after any fallback).
+    pub fn writer(&self) -> WriterKind {
+        self.writer
     }
 
     /// Drains the queue (every accepted record is written and synced, every completion fired),

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use memmap2::{Mmap, MmapMut};
 use rustix::fs::{FallocateFlags, FlockOperation, RenameFlags};
 
+use crate::wal::WriterKind;
 use crate::wal::storage::{
     DirError, NewFile, SegmentWriter, Storage, StorageError, storage_error as storage,
 };
@@ -72,7 +73,7 @@ impl WalDir {
     }
 
     /// Opens `path` read-write and checks its length.
-    fn open_checked(path: &Path, expected_len_bytes: u64) -> Result<File, StorageError> {
+    pub(crate) fn open_checked(path: &Path, expected_len_bytes: u64) -> Result<File, StorageError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -111,6 +112,7 @@ fn file_name(path: &Path) -> Result<&std::ffi::OsStr, StorageError> {
 }
 
 impl Storage for WalDir {
+    const WRITER: WriterKind = WriterKind::Mmap;
     type NewFile = PlainFile;
     type Segment = WritableSegment;
     type Contents<'a> = ReadOnlySegment<'a>;
@@ -277,6 +279,16 @@ impl WritableSegment {
                 ),
             ),
         }
+    }
+}
+
+impl WritableSegment {
+    /// `fdatasync` of the whole file through its descriptor (a measured alternative to
+    /// `msync`; see `probe.rs`).
+    pub fn fdatasync(&self) -> Result<(), StorageError> {
+        self._file
+            .sync_data()
+            .map_err(storage("fdatasync segment", &self.path))
     }
 }
 

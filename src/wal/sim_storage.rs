@@ -30,6 +30,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::wal::WriterKind;
 use crate::wal::storage::{NewFile, SegmentWriter, Storage, StorageError};
 
 /// Granularity at which unsynced writes tear.
@@ -490,6 +491,7 @@ impl SimStorage {
 }
 
 impl Storage for SimStorage {
+    const WRITER: WriterKind = WriterKind::Simulated;
     type NewFile = SimFileHandle;
     type Segment = SimFileHandle;
     type Contents<'a> = Vec<u8>;

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::wal::WriterKind;
 use crate::wal::frame::{self, SegmentHeader};
 
 /// File name extension of a segment.
@@ -74,6 +75,8 @@ pub enum DirError {
 /// A WAL directory. Implementations hold whatever lock makes them the only writer (or one of
 /// many readers) for as long as the value lives.
 pub trait Storage: Send + 'static {
+    /// Which writer this storage is, for logs and [`crate::wal::Wal::writer`].
+    const WRITER: WriterKind;
     /// A segment file being created (before its rename).
     type NewFile: NewFile;
     /// The segment the committer appends to.

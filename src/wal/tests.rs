@@ -21,8 +21,8 @@ use crate::wal::frame::{self, BATCH_HEADER_BYTES, BatchEncoder, SEGMENT_HEADER_B
 use crate::wal::sim_storage::{CrashMode, Faults, OpKind, SimStorage};
 use crate::wal::{
     AppendError, CorruptReason, MAX_RECORD_PAYLOAD_BYTES, NoopObserver, OpenError, OptionsError,
-    ReplayReport, Wal, WalObserver, WalOptions, open, open_with_storage, recover, scan,
-    segment_file_name,
+    ReplayReport, Wal, WalObserver, WalOptions, WalWriter, WriterKind, open, open_with_ring_setup,
+    open_with_storage, recover, scan, segment_file_name,
 };
 
 type Replayed = Vec<(u64, u8, Vec<u8>)>;
@@ -71,6 +71,7 @@ fn options(dir: &Path) -> WalOptions {
         batch_window: Duration::ZERO,
         max_queue_records: 100_000,
         observer: Arc::new(NoopObserver),
+        writer: WalWriter::Auto,
     }
 }
 
@@ -1259,4 +1260,149 @@ fn enospc_when_rolling_fires_no_completion_and_nothing_is_written_after_it() {
     wal.shutdown();
     assert_eq!(storage.with_disk(|d| d.trace().len()), ops_after);
     assert_eq!(recovered_records(&storage), acked);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writers: io_uring and mmap write the same format; io_uring falls back when refused
+// ---------------------------------------------------------------------------------------------
+
+/// Whether this process may set up an io_uring (Docker's default seccomp profile refuses).
+fn io_uring_available() -> bool {
+    crate::wal::uring::setup_ring().is_ok()
+}
+
+#[test]
+fn both_writers_write_the_same_log_and_each_replays_the_other() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path();
+    let expected_uring = if io_uring_available() {
+        WriterKind::IoUring
+    } else {
+        WriterKind::Mmap
+    };
+    let mut written = Vec::new();
+    // Alternate writers; 8 KB records roll the 1 MiB segments several times.
+    for (round, writer) in [
+        WalWriter::Mmap,
+        WalWriter::IoUring,
+        WalWriter::Mmap,
+        WalWriter::Auto,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut opts = options(dir);
+        opts.writer = writer;
+        let (wal, report, records) = open_collect(opts);
+        assert_eq!(
+            records, written,
+            "round {round}: {writer:?} replays everything"
+        );
+        let expected = if writer == WalWriter::Mmap {
+            WriterKind::Mmap
+        } else {
+            expected_uring
+        };
+        assert_eq!(wal.writer(), expected);
+        let payloads: Vec<Vec<u8>> = (0..200)
+            .map(|i| payload_for_seq(report.last_seq + 1 + i).repeat(3))
+            .collect();
+        let receivers = append_many(&wal, &payloads);
+        for ((seq, _), payload) in receivers.iter().zip(&payloads) {
+            written.push((*seq, 3, payload.clone()));
+        }
+        wait_all(receivers);
+        wal.shutdown();
+    }
+    let (report, records) = reopen(dir);
+    assert_eq!(records, written);
+    assert!(report.segments >= 2, "{report:?}");
+}
+
+/// Runs `f` with a subscriber that captures every log line; returns the lines.
+fn capture_logs(f: impl FnOnce()) -> Vec<String> {
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let sink = Sink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8_lossy(&sink.0.lock()).into_owned();
+    text.lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn refused_io_uring_falls_back_to_mmap_with_one_log_line() {
+    for (writer, errno) in [
+        (WalWriter::IoUring, libc::EPERM),
+        (WalWriter::IoUring, libc::ENOSYS),
+        (WalWriter::Auto, libc::EPERM),
+        (WalWriter::Auto, libc::ENOSYS),
+    ] {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mut opts = options(root.path());
+        opts.writer = writer;
+        let mut opened = None;
+        let lines = capture_logs(|| {
+            opened = Some(
+                open_with_ring_setup::<std::convert::Infallible>(
+                    opts,
+                    || Err(std::io::Error::from_raw_os_error(errno)),
+                    |_| Ok(()),
+                )
+                .expect("open falls back"),
+            );
+        });
+        let (wal, _) = opened.expect("opened");
+        assert_eq!(wal.writer(), WriterKind::Mmap, "{writer:?} {errno}");
+        let fallback: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.contains("falling back to the mmap WAL writer"))
+            .collect();
+        assert_eq!(fallback.len(), 1, "{writer:?} {errno}: {lines:#?}");
+        assert!(fallback[0].contains("WARN"), "{}", fallback[0]);
+        assert_eq!(append_durable(&wal, 1, b"on the fallback".to_vec()), 1);
+        wal.shutdown();
+        let (_, records) = reopen(root.path());
+        assert_eq!(records, vec![(1, 1, b"on the fallback".to_vec())]);
+    }
+}
+
+#[test]
+fn other_io_uring_setup_failures_are_errors_and_mmap_never_sets_up_a_ring() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut opts = options(root.path());
+    opts.writer = WalWriter::IoUring;
+    let result = open_with_ring_setup::<std::convert::Infallible>(
+        opts,
+        || Err(std::io::Error::from_raw_os_error(libc::ENOMEM)),
+        |_| Ok(()),
+    );
+    match result {
+        Err(OpenError::Io(error)) => assert_eq!(error.source.raw_os_error(), Some(libc::ENOMEM)),
+        Err(other) => panic!("expected an I/O error, got {other}"),
+        Ok(_) => panic!("ENOMEM is not a reason to fall back"),
+    }
+    let mut opts = options(root.path());
+    opts.writer = WalWriter::Mmap;
+    let (wal, _) = open_with_ring_setup::<std::convert::Infallible>(
+        opts,
+        || panic!("the mmap writer must not set up a ring"),
+        |_| Ok(()),
+    )
+    .expect("open");
+    assert_eq!(wal.writer(), WriterKind::Mmap);
+    wal.shutdown();
 }

@@ -73,6 +73,8 @@ pub struct TestConfig {
     pub max_connections: usize,
     pub max_inflight_claims: usize,
     pub segment_size_bytes: u64,
+    /// `storage.writer`; `None` leaves the daemon's default.
+    pub wal_writer: Option<&'static str>,
     pub extra: String,
 }
 
@@ -83,6 +85,7 @@ impl Default for TestConfig {
             max_connections: 1_000,
             max_inflight_claims: 16_384,
             segment_size_bytes: 4 << 20,
+            wal_writer: None,
             extra: String::new(),
         }
     }
@@ -122,6 +125,13 @@ name = "test campaign"
             self.segment_size_bytes,
             geojson_path().display(),
         );
+        if let Some(writer) = self.wal_writer {
+            s = s.replacen(
+                "[regions]",
+                &format!("writer = \"{writer}\"\n\n[regions]"),
+                1,
+            );
+        }
         for (code, name) in COUNTIES {
             s.push_str(&format!(
                 "\n[[counties]]\nadcode = {code}\nname = \"{name}\"\n"
