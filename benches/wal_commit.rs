@@ -29,7 +29,7 @@ use voucherd::wal::probe::{ProbeFile, ProbePath, SyncProbe};
 use voucherd::wal::{NoopObserver, Wal, WalOptions, WalWriter, WriterKind, open};
 
 const APPEND_BYTES: usize = 256;
-const PROBE_FILE_BYTES: u64 = 64 * 1024 * 1024;
+const PROBE_FILE_BYTES: u64 = 16 * 1024 * 1024;
 const PAYLOAD_BYTES: usize = 200;
 const BENCH_SEGMENT_SIZE_BYTES: u64 = 64 * 1024 * 1024;
 const CLIENT_COUNTS: [usize; 3] = [1, 16, 128];
@@ -53,6 +53,13 @@ const PROBE_FILES: [(&str, ProbeFile); 2] = [
 ];
 /// Appends per fault count.
 const FAULT_PROBE_APPENDS: usize = 2_000;
+/// Interleaved comparisons, for a shared and noisy disk: every sync path takes one append in
+/// turn, round after round; the writers take turns of a few hundred appends. So all cases
+/// share the disk's mood of the moment, and their distributions can be compared.
+const INTERLEAVED_SYNC_ROUNDS: usize = 600;
+const INTERLEAVED_WAL_ROUNDS: usize = 24;
+const INTERLEAVED_WAL_APPENDS_PER_ROUND: u64 = 256;
+const INTERLEAVED_CLIENT_COUNTS: [usize; 2] = [1, 16];
 
 /// Latencies and throughput gathered while criterion runs, per case.
 #[derive(Default)]
@@ -149,6 +156,55 @@ fn fault_probe() -> Vec<String> {
         }
     }
     lines
+}
+
+/// Every sync path, one append each in turn (see `INTERLEAVED_SYNC_ROUNDS`).
+fn interleaved_sync_paths(table: &Table) {
+    let bytes = vec![0x5A; APPEND_BYTES];
+    let mut probes = Vec::new();
+    let mut dirs = Vec::new();
+    for (file_name, file) in PROBE_FILES {
+        for (path_name, path) in SYNC_PATHS {
+            let dir = bench_dir();
+            if let Ok(probe) = SyncProbe::create(dir.path(), "probe", PROBE_FILE_BYTES, file, path) {
+                probes.push((format!("interleaved/{path_name}/{file_name}"), probe));
+                dirs.push(dir);
+            }
+        }
+    }
+    for _ in 0..INTERLEAVED_SYNC_ROUNDS {
+        for (case, probe) in &mut probes {
+            let t = Instant::now();
+            probe.append_durable(&bytes).expect("durable append");
+            let elapsed = t.elapsed();
+            record(table, case, vec![elapsed], elapsed);
+        }
+    }
+}
+
+/// Both writers in turn (see `INTERLEAVED_WAL_ROUNDS`), at window 0 and a few client counts.
+fn interleaved_writers(table: &Table) {
+    let mut wals = Vec::new();
+    for (writer_name, writer) in WRITERS {
+        let dir = bench_dir();
+        let wal = open_wal(dir.path(), writer, Duration::ZERO);
+        if writer == WalWriter::IoUring && wal.writer() != WriterKind::IoUring {
+            wal.shutdown();
+            continue;
+        }
+        wals.push((writer_name, wal, dir));
+    }
+    for _ in 0..INTERLEAVED_WAL_ROUNDS {
+        for clients in INTERLEAVED_CLIENT_COUNTS {
+            for (writer_name, wal, _) in &wals {
+                let case = format!("interleaved/{writer_name}/window_0us/clients_{clients}");
+                run_load(wal, clients, INTERLEAVED_WAL_APPENDS_PER_ROUND, table, &case);
+            }
+        }
+    }
+    for (_, wal, _) in wals {
+        wal.shutdown();
+    }
 }
 
 fn open_wal(dir: &std::path::Path, writer: WalWriter, window: Duration) -> Wal {
@@ -263,7 +319,43 @@ fn print_table(table: &Table, faults: &[String]) {
     }
 }
 
+/// `probe:<path>:<file>` (e.g. `probe:mmap+msync:fallocated`) as the filter runs only that
+/// path for `FAULT_PROBE_APPENDS` appends and prints its cost, so it can be run under
+/// `perf stat` to count kernel events per append.
+fn single_probe(spec: &str) -> bool {
+    let mut parts = spec.splitn(3, ':');
+    let (Some("probe"), Some(path_name), Some(file_name)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let path = SYNC_PATHS.iter().find(|(n, _)| *n == path_name).map(|(_, p)| *p);
+    let file = PROBE_FILES.iter().find(|(n, _)| *n == file_name).map(|(_, f)| *f);
+    let (Some(path), Some(file)) = (path, file) else {
+        println!("unknown probe {spec}");
+        return true;
+    };
+    let dir = bench_dir();
+    let mut probe =
+        SyncProbe::create(dir.path(), "probe", PROBE_FILE_BYTES, file, path).expect("probe");
+    let bytes = vec![0x5A; APPEND_BYTES];
+    let faults = minor_faults();
+    let started = Instant::now();
+    for _ in 0..FAULT_PROBE_APPENDS {
+        probe.append_durable(&bytes).expect("append");
+    }
+    println!(
+        "{spec}: {FAULT_PROBE_APPENDS} appends, {:.0} µs and {:.2} minor faults per append",
+        started.elapsed().as_secs_f64() * 1e6 / FAULT_PROBE_APPENDS as f64,
+        minor_faults().saturating_sub(faults) as f64 / FAULT_PROBE_APPENDS as f64
+    );
+    true
+}
+
 fn main() {
+    if let Some(spec) = std::env::args().skip(1).find(|a| a.starts_with("probe:")) {
+        single_probe(&spec);
+        return;
+    }
     let mut c = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
@@ -284,6 +376,10 @@ fn main() {
     };
     wal_commit(&mut c, &table);
     c.final_summary();
+    if measuring && filter.is_none_or(|f| "interleaved".contains(f.as_str())) {
+        interleaved_sync_paths(&table);
+        interleaved_writers(&table);
+    }
     if measuring {
         print_table(&table, &faults);
     }

@@ -11,8 +11,12 @@
 //!   segment) and the crash-safe protocols written once on top of them (segment creation).
 //!   **Invariant:** the order of durable steps is decided here, the committer and replay,
 //!   never in a storage implementation.
-//! - `segment.rs`: the production storage: directory lock, `fallocate`, mapping and `msync`.
-//!   **Invariant:** with the other writers, the only files of voucherd with `unsafe`.
+//! - `segment.rs`: the mmap writer's storage: directory lock, `fallocate`, mapping, `msync`.
+//! - `uring.rs`: the io_uring writer's storage: the same directory and segment files, with
+//!   each batch written by a `WRITE` linked to an `FSYNC(DATASYNC)` in one submission; ring
+//!   setup, and the fallback to mmap where the kernel refuses io_uring.
+//!   **Invariant:** `segment.rs` and `uring.rs` are the only files of voucherd with `unsafe`.
+//! - `probe.rs`: durable-append probes of every sync path, for `benches/wal_commit.rs`.
 //! - `committer.rs`: the bounded append queue, `LogWriter` (roll, encode, write, sync; no
 //!   threads, no clock) and the single `wal-committer` thread around it.
 //!   **Invariant:** at most one batch is unsynced at any time; completions fire only after sync.
@@ -25,7 +29,8 @@
 //! # Write path
 //! 1. [`Wal::append`] assigns the next seq and queues the record under a short lock; no I/O.
 //! 2. The committer takes a batch, rolls to a new segment if it does not fit, encodes it,
-//!    writes it at the tail and syncs it (mmap writer: copy into the mapping, `msync(MS_SYNC)`).
+//!    writes it at the tail and syncs it (io_uring writer: `WRITE`→`FSYNC(DATASYNC)` linked in
+//!    one submission; mmap writer: copy into the mapping, `msync(MS_SYNC)`).
 //! 3. It publishes [`Wal::durable_seq`], then fires the batch's completions and due barriers.
 //! 4. A failed write, sync or segment creation exits the process with [`WAL_FATAL_EXIT_CODE`]
 //!    and fires no completion of the batch.
@@ -108,7 +113,8 @@ pub type Completion = tokio::sync::oneshot::Sender<()>;
 /// Receives one event per synced batch (for metrics). Called on the committer thread after the
 /// batch's completions fired, so it must be quick and must not block.
 pub trait WalObserver: Send + Sync {
-    /// A batch of `records` records and `bytes` encoded bytes was synced in `sync_duration`.
+    /// A batch of `records` records and `bytes` encoded bytes was written and synced in
+    /// `sync_duration` (the io_uring writer does both in one submission, so both are counted).
     fn batch_synced(&self, records: usize, bytes: usize, sync_duration: Duration);
 }
 
