@@ -306,6 +306,7 @@ fn recover(config: &Config, regions: RegionIndex) -> Result<(Dispenser, u64), i3
         batch_window: config.storage.batch_window,
         max_queue_records: config.server.max_inflight_claims + WAL_QUEUE_HEADROOM_RECORDS,
         observer: Arc::new(WalTelemetry::new()),
+        writer: config.storage.writer,
     };
     let mut tail_records = 0u64;
     // Records the snapshot already holds are validated by the WAL but not applied again.

@@ -30,7 +30,7 @@ pub const MAX_BODY_BYTES_CEILING: usize = 8 * 1024;
 pub const MAX_CONNECTIONS_CEILING: usize = 100_000;
 pub const MAX_INFLIGHT_CLAIMS_CEILING: usize = 1_000_000;
 pub const MAX_COUNTIES: usize = 256;
-pub use crate::wal::{MAX_SEGMENT_SIZE_BYTES, MIN_SEGMENT_SIZE_BYTES};
+pub use crate::wal::{MAX_SEGMENT_SIZE_BYTES, MIN_SEGMENT_SIZE_BYTES, WalWriter};
 pub const MAX_BATCH_RECORDS_CEILING: usize = crate::wal::MAX_BATCH_RECORDS;
 pub const MAX_BATCH_WINDOW_US: u64 = 100_000;
 pub const MAX_CHECKPOINT_EVERY_RECORDS: u64 = 1_000_000_000;
@@ -82,6 +82,7 @@ pub struct StorageConfig {
     pub max_batch_records: usize,
     pub checkpoint_every_records: u64,
     pub checkpoint_check_interval: Duration,
+    pub writer: WalWriter,
 }
 
 #[derive(Clone, Debug)]
@@ -397,6 +398,11 @@ impl Validator {
             max_batch_records: raw.max_batch_records,
             checkpoint_every_records: raw.checkpoint_every_records,
             checkpoint_check_interval: Duration::from_millis(raw.checkpoint_check_interval_ms),
+            writer: match raw.writer {
+                raw::RawWalWriter::Mmap => WalWriter::Mmap,
+                raw::RawWalWriter::IoUring => WalWriter::IoUring,
+                raw::RawWalWriter::Auto => WalWriter::Auto,
+            },
         })
     }
 

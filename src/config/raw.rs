@@ -113,6 +113,9 @@ pub struct RawStorage {
     /// How often to check whether a snapshot is due.
     #[serde(default = "default_checkpoint_check_interval_ms")]
     pub checkpoint_check_interval_ms: u64,
+    /// WAL writer: "mmap", "io_uring" or "auto" (the default: the faster safe writer).
+    #[serde(default)]
+    pub writer: RawWalWriter,
 }
 
 fn default_checkpoint_every_records() -> u64 {
@@ -120,6 +123,15 @@ fn default_checkpoint_every_records() -> u64 {
 }
 fn default_checkpoint_check_interval_ms() -> u64 {
     5_000
+}
+
+#[derive(Deserialize, Clone, Copy, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RawWalWriter {
+    Mmap,
+    IoUring,
+    #[default]
+    Auto,
 }
 
 fn default_segment_size_bytes() -> u64 {

@@ -1,4 +1,4 @@
-//! The append queue and the group-commit thread.
+//! The append queue, the batch writer, and the group-commit thread.
 //!
 //! Callers push records into a bounded in-memory queue under one short `parking_lot` lock
 //! ([`Shared::append`]); seqs are assigned there, in call order. A single thread,
@@ -8,20 +8,24 @@
 //! 3. take up to `max_batch_records` / `max_batch_bytes` from the front of the queue;
 //! 4. if the batch does not fit in the current segment, roll to a new one (the current one
 //!    is already fully synced, so it is sealed as it is);
-//! 5. encode the batch straight into the mapped segment and decode it back (paired check);
-//! 6. `msync(MS_SYNC)` the batch's pages;
+//! 5. encode the batch into a buffer and decode it back (paired check);
+//! 6. write it at the tail of the segment and sync it ([`SegmentWriter::write_and_sync`]);
 //! 7. publish `durable_seq`, fire the batch's completions, report to the observer, and fire
 //!    every barrier whose target is now durable.
 //!
-//! Because the loop is single-threaded and step 5 of one batch only follows step 6 of the
-//! previous one, at most one batch is ever unsynced — the invariant replay relies on.
+//! Steps 4–6 are [`LogWriter`], which knows nothing of threads, clocks or the queue: the
+//! committer thread calls it, and so does the deterministic simulation, one step at a time.
 //!
-//! A failed sync or a failed segment creation is fatal ([`fatal`]): after a failed `msync` the
+//! Because the loop is single-threaded and step 6 of one batch returns only after the sync,
+//! at most one batch is ever unsynced — the invariant replay relies on.
+//!
+//! A failed write, sync or segment creation is fatal ([`FatalError`]): after a failed sync the
 //! kernel may have dropped the dirty pages and marked them clean, so retrying could report
-//! success for data that is gone. The batch's completions are never fired.
+//! success for data that is gone. The batch's completions are never fired, the committer never
+//! writes again, and the handler — in production [`exit_on_fatal`] — ends the process.
 
 use std::collections::VecDeque;
-use std::fmt::Display;
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -34,23 +38,47 @@ use crate::wal::error::AppendError;
 use crate::wal::frame::{
     self, BATCH_HEADER_BYTES, BatchEncoder, MAX_RECORD_PAYLOAD_BYTES, SEGMENT_HEADER_BYTES,
 };
-use crate::wal::segment::{WalDir, WritableSegment};
+use crate::wal::storage::{SegmentWriter, Storage, StorageError, create_segment};
 use crate::wal::{
     COMMITTER_THREAD_NAME, Completion, MAX_QUEUED_BYTES, WAL_FATAL_EXIT_CODE, WalObserver,
 };
 
+/// Why the committer stopped for good. Every variant but `Storage` is a bug.
+#[derive(Debug, thiserror::Error)]
+pub enum FatalError {
+    #[error("{what}: {error}")]
+    Storage {
+        what: &'static str,
+        #[source]
+        error: StorageError,
+    },
+    #[error("{what} (bug): {detail}")]
+    Bug { what: &'static str, detail: String },
+}
+
+fn bug(what: &'static str, detail: impl fmt::Display) -> FatalError {
+    FatalError::Bug {
+        what,
+        detail: detail.to_string(),
+    }
+}
+
+/// Called once when the committer hits a [`FatalError`]. Production passes [`exit_on_fatal`];
+/// tests pass a recorder. Whether or not it returns, the committer never writes again.
+pub type FatalHandler = Arc<dyn Fn(&FatalError) + Send + Sync>;
+
 /// Logs `error` and exits the process with [`WAL_FATAL_EXIT_CODE`]. The one place the WAL dies.
-pub fn fatal(what: &str, error: &dyn Display) -> ! {
+pub fn exit_on_fatal(error: &FatalError) {
     tracing::error!(
         error = %error,
         exit_code = WAL_FATAL_EXIT_CODE,
-        "fatal WAL failure: {what}; exiting without acknowledging the unsynced batch"
+        "fatal WAL failure: {error}; exiting without acknowledging the unsynced batch"
     );
     std::process::exit(WAL_FATAL_EXIT_CODE)
 }
 
 /// A record that has a seq but is not yet written.
-struct Pending {
+pub struct Pending {
     seq: u64,
     kind: u8,
     payload: Vec<u8>,
@@ -178,6 +206,101 @@ impl Shared {
         self.queue.lock().shutting_down = true;
         self.work_ready.notify_all();
     }
+
+    /// Fail-stop after a fatal error: refuses every later append and drops every queued
+    /// completion and barrier unfired, so their waiters learn nothing was acknowledged.
+    pub fn halt(&self) {
+        let (pending, barriers) = {
+            let mut queue = self.queue.lock();
+            queue.shutting_down = true;
+            queue.queued_bytes = 0;
+            (
+                std::mem::take(&mut queue.pending),
+                std::mem::take(&mut queue.barriers),
+            )
+        };
+        drop(pending);
+        drop(barriers);
+        self.work_ready.notify_all();
+    }
+
+    /// Steps 1–3. Returns false once shutdown was requested and the queue is empty.
+    fn wait_and_take(&self, limits: &BatchLimits, batch: &mut Vec<Pending>) -> bool {
+        let mut queue = self.queue.lock();
+        while queue.pending.is_empty() {
+            if queue.shutting_down {
+                return false;
+            }
+            self.work_ready.wait(&mut queue);
+        }
+        if !limits.batch_window.is_zero() {
+            let deadline = Instant::now() + limits.batch_window;
+            while !queue.shutting_down
+                && queue.pending.len() < limits.max_batch_records
+                && queue.queued_bytes < limits.max_batch_bytes
+            {
+                if self.work_ready.wait_until(&mut queue, deadline).timed_out() {
+                    break;
+                }
+            }
+        }
+        take_from(&mut queue, limits, batch);
+        true
+    }
+
+    /// Step 3 alone, never waiting: the simulation's way to form a batch.
+    #[cfg(test)]
+    pub fn take_ready(&self, limits: &BatchLimits, batch: &mut Vec<Pending>) {
+        take_from(&mut self.queue.lock(), limits, batch);
+    }
+
+    /// Step 7, first half: publishes `last_seq` as durable and fires the batch's completions.
+    pub fn complete(&self, batch: &mut Vec<Pending>, last_seq: u64) {
+        self.durable_seq.store(last_seq, Ordering::Release);
+        for pending in batch.drain(..) {
+            // A dropped receiver only means the caller stopped waiting.
+            let _ = pending.on_durable.send(());
+        }
+    }
+
+    /// Step 7, second half: fires every barrier whose target is durable.
+    pub fn fire_barriers(&self) {
+        let durable = self.durable_seq();
+        let mut ready = Vec::new();
+        {
+            let mut queue = self.queue.lock();
+            while let Some((target, _)) = queue.barriers.front()
+                && *target <= durable
+            {
+                if let Some((_, completion)) = queue.barriers.pop_front() {
+                    ready.push(completion);
+                }
+            }
+        }
+        for completion in ready {
+            let _ = completion.send(());
+        }
+    }
+}
+
+/// Moves up to the batch caps from the front of the queue into `batch`.
+fn take_from(queue: &mut Queue, limits: &BatchLimits, batch: &mut Vec<Pending>) {
+    let mut body_bytes = 0usize;
+    while batch.len() < limits.max_batch_records {
+        let Some(next) = queue.pending.front() else {
+            break;
+        };
+        // The first record always goes in: max_batch_bytes holds a maximal record.
+        if !batch.is_empty() && body_bytes + next.encoded_bytes > limits.max_batch_bytes {
+            break;
+        }
+        let Some(next) = queue.pending.pop_front() else {
+            break;
+        };
+        body_bytes += next.encoded_bytes;
+        queue.queued_bytes -= next.encoded_bytes;
+        batch.push(next);
+    }
 }
 
 /// Batch limits, validated by `WalOptions::validate`.
@@ -186,18 +309,173 @@ pub struct BatchLimits {
     pub max_batch_records: usize,
     pub max_batch_bytes: usize,
     pub batch_window: Duration,
-    pub segment_size_bytes: u64,
 }
 
-/// The committer thread's state: it alone owns the writable segment.
-pub struct Committer {
-    pub shared: Arc<Shared>,
-    pub dir: WalDir,
-    pub segment: WritableSegment,
+/// A batch encoded by [`LogWriter::prepare`], waiting for [`LogWriter::write_and_sync`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreparedBatch {
     pub segment_index: u64,
-    pub write_offset_bytes: usize,
+    pub offset_bytes: usize,
+    pub len_bytes: usize,
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+/// Steps 4–6: owns the storage and the tail segment; turns batches into synced bytes.
+pub struct LogWriter<S: Storage> {
+    // Declared before `storage` so the segment (a mapping) is dropped before the directory
+    // lock that makes the mapping sound.
+    segment: S::Segment,
+    storage: S,
+    segment_index: u64,
+    write_offset_bytes: usize,
+    next_seq: u64,
+    segment_size_bytes: u64,
+    buffer: Vec<u8>,
+}
+
+impl<S: Storage> LogWriter<S> {
+    /// A writer appending to `segment` (number `segment_index`) at `write_offset_bytes`, whose
+    /// next record gets `next_seq`; new segments get `segment_size_bytes`.
+    pub fn new(
+        storage: S,
+        segment: S::Segment,
+        segment_index: u64,
+        write_offset_bytes: usize,
+        next_seq: u64,
+        segment_size_bytes: u64,
+    ) -> Self {
+        Self {
+            segment,
+            storage,
+            segment_index,
+            write_offset_bytes,
+            next_seq,
+            segment_size_bytes,
+            buffer: Vec::new(),
+        }
+    }
+
+    /// Steps 4–5: rolls to a new segment if the batch does not fit, then encodes it into the
+    /// write buffer and decodes it back.
+    pub fn prepare(&mut self, batch: &[Pending]) -> Result<PreparedBatch, FatalError> {
+        let Some(first_seq) = batch.first().map(|p| p.seq) else {
+            return Err(bug("empty batch", "no records"));
+        };
+        if first_seq != self.next_seq {
+            return Err(bug(
+                "batch does not continue the log",
+                format!("first seq {first_seq}, expected {}", self.next_seq),
+            ));
+        }
+        let batch_bytes = BATCH_HEADER_BYTES + batch.iter().map(|p| p.encoded_bytes).sum::<usize>();
+        if self.write_offset_bytes + batch_bytes > self.segment.len_bytes() {
+            self.roll(first_seq, batch_bytes)?;
+        }
+        self.encode(first_seq, batch, batch_bytes)?;
+        Ok(PreparedBatch {
+            segment_index: self.segment_index,
+            offset_bytes: self.write_offset_bytes,
+            len_bytes: batch_bytes,
+            first_seq,
+            last_seq: first_seq + batch.len() as u64 - 1,
+        })
+    }
+
+    /// Step 6: writes the prepared batch at the tail and returns once it is synced.
+    pub fn write_and_sync(&mut self, prepared: &PreparedBatch) -> Result<(), FatalError> {
+        let bytes = self
+            .buffer
+            .get(..prepared.len_bytes)
+            .ok_or_else(|| bug("prepared batch larger than its buffer", prepared.len_bytes))?;
+        if prepared.offset_bytes != self.write_offset_bytes
+            || prepared.segment_index != self.segment_index
+        {
+            return Err(bug("stale prepared batch", prepared.first_seq));
+        }
+        self.segment
+            .write_and_sync(prepared.offset_bytes, bytes)
+            .map_err(|error| FatalError::Storage {
+                what: "write or sync of a WAL batch failed",
+                error,
+            })?;
+        self.write_offset_bytes += prepared.len_bytes;
+        self.next_seq = prepared.last_seq + 1;
+        Ok(())
+    }
+
+    /// Step 4: seals the current segment (already synced) and starts the next one.
+    fn roll(&mut self, first_seq: u64, batch_bytes: usize) -> Result<(), FatalError> {
+        let index = self.segment_index + 1;
+        let segment = create_segment(&self.storage, index, first_seq, self.segment_size_bytes)
+            .map_err(|error| FatalError::Storage {
+                what: "could not create the next WAL segment",
+                error,
+            })?;
+        tracing::info!(
+            segment = %segment.path().display(),
+            first_seq,
+            "WAL rolled to a new segment"
+        );
+        self.segment = segment;
+        self.segment_index = index;
+        self.write_offset_bytes = SEGMENT_HEADER_BYTES;
+        if self.write_offset_bytes + batch_bytes > self.segment.len_bytes() {
+            return Err(bug(
+                "batch does not fit in an empty segment (options validation)",
+                format!("{batch_bytes} bytes"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Step 5: encodes into the buffer, then decodes it back.
+    fn encode(
+        &mut self,
+        first_seq: u64,
+        batch: &[Pending],
+        batch_bytes: usize,
+    ) -> Result<(), FatalError> {
+        self.buffer.clear();
+        self.buffer.resize(batch_bytes, 0);
+        let encoded = BatchEncoder::new(&mut self.buffer, first_seq).and_then(|mut encoder| {
+            for pending in batch {
+                encoder.push(pending.kind, &pending.payload)?;
+            }
+            encoder.finish()
+        });
+        match encoded {
+            Ok(len) if len == batch_bytes => {}
+            Ok(len) => {
+                return Err(bug(
+                    "encoded batch length differs from the computed length",
+                    format!("{len} != {batch_bytes}"),
+                ));
+            }
+            Err(error) => return Err(bug("encoding a validated batch failed", error)),
+        }
+        match frame::decode_batch(&self.buffer) {
+            Ok(decoded)
+                if decoded.first_seq() == first_seq && decoded.record_count() == batch.len() =>
+            {
+                Ok(())
+            }
+            Ok(_) => Err(bug(
+                "re-read batch does not match what was encoded",
+                first_seq,
+            )),
+            Err(error) => Err(bug("re-reading the encoded batch failed", error)),
+        }
+    }
+}
+
+/// The committer thread's state: it alone owns the log writer.
+pub struct Committer<S: Storage> {
+    pub shared: Arc<Shared>,
+    pub log: LogWriter<S>,
     pub limits: BatchLimits,
     pub observer: Arc<dyn WalObserver>,
+    pub on_fatal: FatalHandler,
 }
 
 /// Turns a panic of the committer (a bug) into the same fatal exit as an I/O failure, so the
@@ -207,15 +485,15 @@ struct PanicGuard;
 impl Drop for PanicGuard {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            fatal(
+            exit_on_fatal(&bug(
                 "the WAL committer thread panicked",
-                &"see the panic message above",
-            );
+                "see the panic message above",
+            ));
         }
     }
 }
 
-impl Committer {
+impl<S: Storage> Committer<S> {
     /// Starts the `wal-committer` thread.
     pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
         std::thread::Builder::new()
@@ -229,175 +507,34 @@ impl Committer {
 
     fn run(mut self) {
         let mut batch = Vec::new();
-        while self.take_batch(&mut batch) {
-            self.commit(&mut batch);
+        while self.shared.wait_and_take(&self.limits, &mut batch) {
+            if let Err(error) = self.commit(&mut batch) {
+                (self.on_fatal)(&error);
+                // Only reached when the handler returns (tests): stop for good. The failed
+                // batch's completions are dropped unfired with `batch`.
+                self.shared.halt();
+                return;
+            }
         }
         // Drained and stopping: every record is durable, so every barrier can fire.
-        self.fire_barriers();
+        self.shared.fire_barriers();
         tracing::debug!(
             durable_seq = self.shared.durable_seq(),
             "WAL committer stopped"
         );
     }
 
-    /// Steps 1–3. Returns false once shutdown was requested and the queue is empty.
-    fn take_batch(&self, batch: &mut Vec<Pending>) -> bool {
-        let limits = &self.limits;
-        let mut queue = self.shared.queue.lock();
-        while queue.pending.is_empty() {
-            if queue.shutting_down {
-                return false;
-            }
-            self.shared.work_ready.wait(&mut queue);
-        }
-        if !limits.batch_window.is_zero() {
-            let deadline = Instant::now() + limits.batch_window;
-            while !queue.shutting_down
-                && queue.pending.len() < limits.max_batch_records
-                && queue.queued_bytes < limits.max_batch_bytes
-            {
-                if self
-                    .shared
-                    .work_ready
-                    .wait_until(&mut queue, deadline)
-                    .timed_out()
-                {
-                    break;
-                }
-            }
-        }
-        let mut body_bytes = 0usize;
-        while batch.len() < limits.max_batch_records {
-            let Some(next) = queue.pending.front() else {
-                break;
-            };
-            // The first record always goes in: max_batch_bytes holds a maximal record.
-            if !batch.is_empty() && body_bytes + next.encoded_bytes > limits.max_batch_bytes {
-                break;
-            }
-            let Some(next) = queue.pending.pop_front() else {
-                break;
-            };
-            body_bytes += next.encoded_bytes;
-            queue.queued_bytes -= next.encoded_bytes;
-            batch.push(next);
-        }
-        true
-    }
-
     /// Steps 4–7 for one non-empty batch.
-    fn commit(&mut self, batch: &mut Vec<Pending>) {
-        let Some(first_seq) = batch.first().map(|p| p.seq) else {
-            return;
-        };
-        let durable = self.shared.durable_seq();
-        if first_seq != durable + 1 {
-            fatal(
-                "batch does not continue the durable seq (bug)",
-                &format!("first seq {first_seq}, durable seq {durable}"),
-            );
-        }
-        let batch_bytes = BATCH_HEADER_BYTES + batch.iter().map(|p| p.encoded_bytes).sum::<usize>();
-        if self.write_offset_bytes + batch_bytes > self.segment.len_bytes() {
-            self.roll(first_seq, batch_bytes);
-        }
-        let last_seq = self.write(first_seq, batch, batch_bytes);
+    fn commit(&mut self, batch: &mut Vec<Pending>) -> Result<(), FatalError> {
+        let prepared = self.log.prepare(batch)?;
         let started = Instant::now();
-        if let Err(error) = self
-            .segment
-            .sync_range(self.write_offset_bytes, batch_bytes)
-        {
-            fatal("msync of a WAL batch failed", &error);
-        }
+        self.log.write_and_sync(&prepared)?;
         let sync_duration = started.elapsed();
-        self.write_offset_bytes += batch_bytes;
-        self.shared.durable_seq.store(last_seq, Ordering::Release);
         let records = batch.len();
-        for pending in batch.drain(..) {
-            // A dropped receiver only means the caller stopped waiting.
-            let _ = pending.on_durable.send(());
-        }
+        self.shared.complete(batch, prepared.last_seq);
         self.observer
-            .batch_synced(records, batch_bytes, sync_duration);
-        self.fire_barriers();
-    }
-
-    /// Step 4: seals the current segment (already synced) and starts the next one.
-    fn roll(&mut self, first_seq: u64, batch_bytes: usize) {
-        let index = self.segment_index + 1;
-        match self
-            .dir
-            .create_segment(index, first_seq, self.limits.segment_size_bytes)
-        {
-            Ok(segment) => {
-                tracing::info!(
-                    segment = %segment.path().display(),
-                    first_seq,
-                    "WAL rolled to a new segment"
-                );
-                self.segment = segment;
-                self.segment_index = index;
-                self.write_offset_bytes = SEGMENT_HEADER_BYTES;
-            }
-            Err(error) => fatal("could not create the next WAL segment", &error),
-        }
-        if self.write_offset_bytes + batch_bytes > self.segment.len_bytes() {
-            fatal(
-                "batch does not fit in an empty segment (options validation bug)",
-                &format!("{batch_bytes} bytes"),
-            );
-        }
-    }
-
-    /// Step 5: encodes into the mapping, then decodes it back. Returns the batch's last seq.
-    fn write(&mut self, first_seq: u64, batch: &[Pending], batch_bytes: usize) -> u64 {
-        let offset = self.write_offset_bytes;
-        let Some(dst) = self.segment.bytes_mut(offset, batch_bytes) else {
-            fatal("batch range outside the segment (bug)", &offset);
-        };
-        let encoded = BatchEncoder::new(dst, first_seq).and_then(|mut encoder| {
-            for pending in batch {
-                encoder.push(pending.kind, &pending.payload)?;
-            }
-            encoder.finish()
-        });
-        match encoded {
-            Ok(len) if len == batch_bytes => {}
-            Ok(len) => fatal(
-                "encoded batch length differs from the computed length (bug)",
-                &format!("{len} != {batch_bytes}"),
-            ),
-            Err(error) => fatal("encoding a validated batch failed (bug)", &error),
-        }
-        let written = self.segment.bytes().get(offset..offset + batch_bytes);
-        match written.map(frame::decode_batch) {
-            Some(Ok(decoded))
-                if decoded.first_seq() == first_seq && decoded.record_count() == batch.len() => {}
-            Some(Err(error)) => fatal("re-reading the encoded batch failed (bug)", &error),
-            _ => fatal(
-                "re-read batch does not match what was encoded (bug)",
-                &first_seq,
-            ),
-        }
-        first_seq + batch.len() as u64 - 1
-    }
-
-    /// Step 7 (barriers): fires every barrier whose target is durable.
-    fn fire_barriers(&self) {
-        let durable = self.shared.durable_seq();
-        let mut ready = Vec::new();
-        {
-            let mut queue = self.shared.queue.lock();
-            while let Some((target, _)) = queue.barriers.front()
-                && *target <= durable
-            {
-                if let Some((_, completion)) = queue.barriers.pop_front() {
-                    ready.push(completion);
-                }
-            }
-        }
-        for completion in ready {
-            let _ = completion.send(());
-        }
+            .batch_synced(records, prepared.len_bytes, sync_duration);
+        self.shared.fire_barriers();
+        Ok(())
     }
 }

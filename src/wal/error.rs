@@ -9,7 +9,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::wal::frame::{FrameError, HeaderError, MAX_RECORD_PAYLOAD_BYTES};
-use crate::wal::segment::{DirError, StorageError};
+use crate::wal::storage::{DirError, StorageError};
 
 /// Why [`crate::wal::Wal::append`] or [`crate::wal::Wal::barrier`] refused a request.
 /// A refused request is never written and never consumes a seq.

@@ -7,22 +7,35 @@
 //! # Code map
 //! - `frame.rs`: the byte layout of segment headers, batches and records, with CRC32C. Pure.
 //!   **Invariant:** no I/O, no `unsafe`, no panics on any input.
-//! - `segment.rs`: the directory lock, segment creation (`fallocate`, never sparse), mapping and
-//!   `msync`. **Invariant:** the only file of voucherd with `unsafe`.
-//! - `committer.rs`: the bounded append queue and the single `wal-committer` thread.
+//! - `storage.rs`: the storage traits ([`Storage`]: the directory; `SegmentWriter`: the tail
+//!   segment) and the crash-safe protocols written once on top of them (segment creation).
+//!   **Invariant:** the order of durable steps is decided here, the committer and replay,
+//!   never in a storage implementation.
+//! - `segment.rs`: the mmap writer's storage: directory lock, `fallocate`, mapping, `msync`.
+//! - `uring.rs`: the io_uring writer's storage: the same directory and segment files, with
+//!   each batch written by a `WRITE` linked to an `FSYNC(DATASYNC)` in one submission; ring
+//!   setup, and the fallback to mmap where the kernel refuses io_uring.
+//!   **Invariant:** `segment.rs` and `uring.rs` are the only files of voucherd with `unsafe`.
+//! - `probe.rs`: durable-append probes of every sync path, for `benches/wal_commit.rs`.
+//! - `committer.rs`: the bounded append queue, `LogWriter` (roll, encode, write, sync; no
+//!   threads, no clock) and the single `wal-committer` thread around it.
 //!   **Invariant:** at most one batch is unsynced at any time; completions fire only after sync.
 //! - `replay.rs`: validation, torn-tail detection and delivery, with the crash-safety rules.
 //!   **Invariant:** a corrupt log is never "repaired"; only a torn final batch is erased.
 //! - `crc_range.rs`: CRC32C of any range of a segment without re-reading it, so that replay's
 //!   search for a valid batch after damage stays linear.
 //! - `error.rs`: the error enums.
+//! - `sim_storage.rs`, `simulation.rs` (tests only): a fault-injecting in-memory disk, and the
+//!   seeded simulation that crashes a voucher workload at every write and sync boundary.
 //!
 //! # Write path
 //! 1. [`Wal::append`] assigns the next seq and queues the record under a short lock; no I/O.
-//! 2. The committer takes a batch, rolls to a new segment if it does not fit, copies it into the
-//!    mapped tail, and syncs its pages with `msync(MS_SYNC)`.
+//! 2. The committer takes a batch, rolls to a new segment if it does not fit, encodes it,
+//!    writes it at the tail and syncs it (io_uring writer: `WRITE`→`FSYNC(DATASYNC)` linked in
+//!    one submission; mmap writer: copy into the mapping, `msync(MS_SYNC)`).
 //! 3. It publishes [`Wal::durable_seq`], then fires the batch's completions and due barriers.
-//! 4. A failed sync or segment creation exits the process with [`WAL_FATAL_EXIT_CODE`].
+//! 4. A failed write, sync or segment creation exits the process with [`WAL_FATAL_EXIT_CODE`]
+//!    and fires no completion of the batch.
 //!
 //! # Startup
 //! [`open`] locks the directory, validates every segment, delivers every durable record to the
@@ -34,9 +47,17 @@ mod committer;
 mod crc_range;
 mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod probe;
 mod replay;
 mod segment;
+mod storage;
+pub(crate) mod uring;
 
+#[cfg(test)]
+mod sim_storage;
+#[cfg(test)]
+mod simulation;
 #[cfg(test)]
 mod tests;
 
@@ -52,11 +73,15 @@ pub use crate::wal::frame::{
     MAX_RECORD_PAYLOAD_BYTES, RecordRef,
 };
 pub use crate::wal::replay::ReplayReport;
-pub use crate::wal::segment::{StorageError, segment_file_name};
+pub use crate::wal::storage::{StorageError, segment_file_name};
 
-use crate::wal::committer::{BatchLimits, Committer, Shared};
+use crate::wal::committer::{
+    BatchLimits, Committer, FatalHandler, LogWriter, Shared, exit_on_fatal,
+};
 use crate::wal::frame::SEGMENT_HEADER_BYTES;
-use crate::wal::segment::{WalDir, WritableSegment};
+use crate::wal::segment::WalDir;
+use crate::wal::storage::{SegmentWriter, Storage};
+use crate::wal::uring::{ChosenWriter, UringStorage};
 
 /// Process exit code after a failed sync or segment creation (`EX_IOERR`).
 pub const WAL_FATAL_EXIT_CODE: i32 = 74;
@@ -91,7 +116,8 @@ pub type Completion = tokio::sync::oneshot::Sender<()>;
 /// Receives one event per synced batch (for metrics). Called on the committer thread after the
 /// batch's completions fired, so it must be quick and must not block.
 pub trait WalObserver: Send + Sync {
-    /// A batch of `records` records and `bytes` encoded bytes was synced in `sync_duration`.
+    /// A batch of `records` records and `bytes` encoded bytes was written and synced in
+    /// `sync_duration` (the io_uring writer does both in one submission, so both are counted).
     fn batch_synced(&self, records: usize, bytes: usize, sync_duration: Duration);
 }
 
@@ -101,6 +127,31 @@ pub struct NoopObserver;
 
 impl WalObserver for NoopObserver {
     fn batch_synced(&self, _records: usize, _bytes: usize, _sync_duration: Duration) {}
+}
+
+/// Which writer appends batches (`storage.writer` in the daemon's config). Every writer
+/// produces the same on-disk format; replay does not care which one wrote a log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WalWriter {
+    /// Copy into a shared mapping of the segment, then `msync(MS_SYNC)`.
+    Mmap,
+    /// An io_uring `WRITE` linked to an `FSYNC(DATASYNC)`, one submission per batch. Falls
+    /// back to `Mmap`, with one warning, where the kernel refuses io_uring.
+    IoUring,
+    /// The default: the faster safe writer on this platform, currently `IoUring` (see
+    /// `BENCHMARKS.md`), with the same fallback.
+    #[default]
+    Auto,
+}
+
+/// The writer an open [`Wal`] actually uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriterKind {
+    Mmap,
+    IoUring,
+    /// The tests' fault-injecting in-memory storage.
+    #[cfg(test)]
+    Simulated,
 }
 
 /// Configuration of a [`Wal`]; checked by [`WalOptions::validate`] when the log is opened.
@@ -123,6 +174,8 @@ pub struct WalOptions {
     pub max_queue_records: usize,
     /// Receives per-batch sync events.
     pub observer: Arc<dyn WalObserver>,
+    /// Which writer appends batches.
+    pub writer: WalWriter,
 }
 
 impl fmt::Debug for WalOptions {
@@ -134,13 +187,14 @@ impl fmt::Debug for WalOptions {
             .field("max_batch_bytes", &self.max_batch_bytes)
             .field("batch_window", &self.batch_window)
             .field("max_queue_records", &self.max_queue_records)
+            .field("writer", &self.writer)
             .finish_non_exhaustive()
     }
 }
 
 impl WalOptions {
     /// Options with production defaults: 64 MiB segments, batches of up to 4,096 records or
-    /// 4 MiB, no batch window, 65,536 queued records, no observer.
+    /// 4 MiB, no batch window, 65,536 queued records, no observer, the default writer.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
@@ -150,6 +204,7 @@ impl WalOptions {
             batch_window: Duration::ZERO,
             max_queue_records: 65_536,
             observer: Arc::new(NoopObserver),
+            writer: WalWriter::default(),
         }
     }
 
@@ -215,6 +270,7 @@ impl WalOptions {
 pub struct Wal {
     shared: Arc<Shared>,
     committer: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    writer: WriterKind,
 }
 
 impl fmt::Debug for Wal {
@@ -222,6 +278,7 @@ impl fmt::Debug for Wal {
         f.debug_struct("Wal")
             .field("durable_seq", &self.durable_seq())
             .field("next_seq", &self.next_seq())
+            .field("writer", &self.writer)
             .finish_non_exhaustive()
     }
 }
@@ -234,27 +291,101 @@ impl fmt::Debug for Wal {
 /// after records were delivered. If `on_record` fails, no file has been modified.
 pub fn open<E>(
     opts: WalOptions,
-    mut on_record: impl FnMut(RecordRef<'_>) -> Result<(), E>,
+    on_record: impl FnMut(RecordRef<'_>) -> Result<(), E>,
+) -> Result<(Wal, ReplayReport), OpenError<E>> {
+    open_with_ring_setup(opts, uring::setup_ring, on_record)
+}
+
+/// [`open`], with the io_uring setup injectable (tests make it fail).
+pub(crate) fn open_with_ring_setup<E>(
+    opts: WalOptions,
+    setup_ring: impl FnOnce() -> std::io::Result<io_uring::IoUring>,
+    on_record: impl FnMut(RecordRef<'_>) -> Result<(), E>,
 ) -> Result<(Wal, ReplayReport), OpenError<E>> {
     opts.validate().map_err(OpenError::BadOptions)?;
     let dir = WalDir::open_exclusive(&opts.dir)?;
-    let listing = dir.list()?;
+    let on_fatal: FatalHandler = Arc::new(exit_on_fatal);
+    match uring::choose_writer(opts.writer, &opts.dir, setup_ring)? {
+        ChosenWriter::Mmap => open_with_storage(dir, opts, on_fatal, on_record),
+        ChosenWriter::IoUring(ring) => {
+            open_with_storage(UringStorage::new(dir, ring), opts, on_fatal, on_record)
+        }
+    }
+}
+
+/// [`open`] on any [`Storage`], with the handler the committer calls on a fatal error
+/// (production: [`exit_on_fatal`]). `opts.dir` is ignored: the storage is the directory.
+pub(crate) fn open_with_storage<S: Storage, E>(
+    storage: S,
+    opts: WalOptions,
+    on_fatal: FatalHandler,
+    on_record: impl FnMut(RecordRef<'_>) -> Result<(), E>,
+) -> Result<(Wal, ReplayReport), OpenError<E>> {
+    opts.validate().map_err(OpenError::BadOptions)?;
+    let writer = S::WRITER;
+    let dir_path = storage.dir_path().to_path_buf();
+    let (log, report) = recover(storage, opts.segment_size_bytes, on_record)?;
+    let shared = Arc::new(Shared::new(report.last_seq, opts.max_queue_records));
+    let committer = Committer {
+        shared: Arc::clone(&shared),
+        log,
+        limits: BatchLimits {
+            max_batch_records: opts.max_batch_records,
+            max_batch_bytes: opts.max_batch_bytes,
+            batch_window: opts.batch_window,
+        },
+        observer: opts.observer,
+        on_fatal,
+    };
+    let handle = committer.spawn().map_err(|source| StorageError {
+        operation: "spawn the wal-committer thread for",
+        path: dir_path,
+        source,
+    })?;
+    tracing::info!(
+        records = report.records,
+        segments = report.segments,
+        last_seq = report.last_seq,
+        tail_segment = %report.tail_segment.display(),
+        tail_offset_bytes = report.tail_offset_bytes,
+        writer = ?writer,
+        "WAL opened"
+    );
+    Ok((
+        Wal {
+            shared,
+            committer: parking_lot::Mutex::new(Some(handle)),
+            writer,
+        },
+        report,
+    ))
+}
+
+/// Everything [`open`] does before it starts the committer thread: removes stale temporary
+/// files, validates, delivers, erases a torn tail (or creates the first segment), and returns
+/// the writer positioned at the tail. The simulation drives the returned writer step by step.
+pub(crate) fn recover<S: Storage, E>(
+    storage: S,
+    segment_size_bytes: u64,
+    mut on_record: impl FnMut(RecordRef<'_>) -> Result<(), E>,
+) -> Result<(LogWriter<S>, ReplayReport), OpenError<E>> {
+    let listing = storage::list(&storage)?;
     if !listing.stale_temp_files.is_empty() {
         tracing::warn!(
             files = ?listing.stale_temp_files,
             "removing segment files whose creation was interrupted"
         );
-        dir.remove_stale_temp_files(&listing.stale_temp_files)?;
+        storage::remove_stale_temp_files(&storage, &listing.stale_temp_files)?;
     }
-    let plan = replay::validate(&dir, &listing)?;
-    replay::deliver(&plan, &mut on_record)?;
-    let report = plan.report(&dir);
+    let plan = replay::validate(&storage, &listing)?;
+    replay::deliver(&storage, &plan, &mut on_record)?;
+    let report = plan.report(&storage);
     let (segment, segment_index) = match plan.segments.last() {
         Some(last) => {
-            let mut segment =
-                WritableSegment::open_existing(&last.path, last.header.segment_size_bytes)?;
+            let mut segment = storage.open_segment(&last.path, last.header.segment_size_bytes)?;
             if let Some(torn) = last.torn_tail {
-                segment.zero_and_sync(torn.start_bytes, torn.end_bytes)?;
+                let zeros = vec![0u8; torn.end_bytes - torn.start_bytes];
+                segment.write_and_sync(torn.start_bytes, &zeros)?;
                 tracing::warn!(
                     segment = %last.path.display(),
                     offset_bytes = torn.start_bytes,
@@ -268,46 +399,19 @@ pub fn open<E>(
             (segment, last.index)
         }
         None => (
-            dir.create_segment(FIRST_SEGMENT_INDEX, FIRST_SEQ, opts.segment_size_bytes)?,
+            storage::create_segment(&storage, FIRST_SEGMENT_INDEX, FIRST_SEQ, segment_size_bytes)?,
             FIRST_SEGMENT_INDEX,
         ),
     };
-    let shared = Arc::new(Shared::new(report.last_seq, opts.max_queue_records));
-    let dir_path = dir.path().to_path_buf();
-    let committer = Committer {
-        shared: Arc::clone(&shared),
-        dir,
+    let log = LogWriter::new(
+        storage,
         segment,
         segment_index,
-        write_offset_bytes: report.tail_offset_bytes as usize,
-        limits: BatchLimits {
-            max_batch_records: opts.max_batch_records,
-            max_batch_bytes: opts.max_batch_bytes,
-            batch_window: opts.batch_window,
-            segment_size_bytes: opts.segment_size_bytes,
-        },
-        observer: opts.observer,
-    };
-    let handle = committer.spawn().map_err(|source| StorageError {
-        operation: "spawn the wal-committer thread for",
-        path: dir_path,
-        source,
-    })?;
-    tracing::info!(
-        records = report.records,
-        segments = report.segments,
-        last_seq = report.last_seq,
-        tail_segment = %report.tail_segment.display(),
-        tail_offset_bytes = report.tail_offset_bytes,
-        "WAL opened"
+        report.tail_offset_bytes as usize,
+        report.last_seq + 1,
+        segment_size_bytes,
     );
-    Ok((
-        Wal {
-            shared,
-            committer: parking_lot::Mutex::new(Some(handle)),
-        },
-        report,
-    ))
+    Ok((log, report))
 }
 
 /// Read-only scan for operator tools: the same validation and callback as [`open`], but it
@@ -316,13 +420,20 @@ pub fn open<E>(
 /// directory open, and with `Io` if the directory does not exist.
 pub fn scan<E>(
     dir: &Path,
+    on_record: impl FnMut(RecordRef<'_>) -> Result<(), E>,
+) -> Result<ReplayReport, OpenError<E>> {
+    scan_storage(&WalDir::open_shared(dir)?, on_record)
+}
+
+/// [`scan`] on any [`Storage`].
+pub(crate) fn scan_storage<E>(
+    storage: &impl Storage,
     mut on_record: impl FnMut(RecordRef<'_>) -> Result<(), E>,
 ) -> Result<ReplayReport, OpenError<E>> {
-    let dir = WalDir::open_shared(dir)?;
-    let listing = dir.list()?;
-    let plan = replay::validate(&dir, &listing)?;
-    replay::deliver(&plan, &mut on_record)?;
-    Ok(plan.report(&dir))
+    let listing = storage::list(storage)?;
+    let plan = replay::validate(storage, &listing)?;
+    replay::deliver(storage, &plan, &mut on_record)?;
+    Ok(plan.report(storage))
 }
 
 impl Wal {
@@ -356,6 +467,11 @@ impl Wal {
     /// Seq the next appended record will get.
     pub fn next_seq(&self) -> u64 {
         self.shared.next_seq()
+    }
+
+    /// The writer this log appends with (after any fallback).
+    pub fn writer(&self) -> WriterKind {
+        self.writer
     }
 
     /// Drains the queue (every accepted record is written and synced, every completion fired),

@@ -51,7 +51,7 @@ use crate::wal::frame::{
     self, BATCH_CRC_COVERAGE_START, BATCH_HEADER_BYTES, FRAME_ALIGNMENT_BYTES, FrameError,
     RecordRef, SEGMENT_HEADER_BYTES, SegmentHeader,
 };
-use crate::wal::segment::{DirListing, ReadOnlySegment, WalDir};
+use crate::wal::storage::{DirListing, Storage, segment_path};
 use crate::wal::{FIRST_SEGMENT_INDEX, FIRST_SEQ, MAX_SEGMENT_FILES};
 
 /// Chunk size for the all-zero test (large enough to vectorise, small enough to stop early).
@@ -103,7 +103,7 @@ pub struct ReplayPlan {
 
 impl ReplayPlan {
     /// The report for this plan; with no segments yet, the tail is segment 1 after its header.
-    pub fn report(&self, dir: &WalDir) -> ReplayReport {
+    pub fn report(&self, storage: &impl Storage) -> ReplayReport {
         let last = self.segments.last();
         ReplayReport {
             records: self.segments.iter().map(|s| s.records).sum(),
@@ -112,8 +112,10 @@ impl ReplayPlan {
             truncated_tail_bytes: last
                 .and_then(|s| s.torn_tail)
                 .map_or(0, |t| (t.end_bytes - t.start_bytes) as u64),
-            tail_segment: last
-                .map_or_else(|| dir.segment_path(FIRST_SEGMENT_INDEX), |s| s.path.clone()),
+            tail_segment: last.map_or_else(
+                || segment_path(storage, FIRST_SEGMENT_INDEX),
+                |s| s.path.clone(),
+            ),
             tail_offset_bytes: last
                 .map_or(SEGMENT_HEADER_BYTES as u64, |s| s.valid_end_bytes as u64),
         }
@@ -289,10 +291,13 @@ fn walk_segment<E>(
 }
 
 /// Pass 1: validates every segment (rules 1–4) without delivering anything or modifying files.
-pub fn validate<E>(dir: &WalDir, listing: &DirListing) -> Result<ReplayPlan, OpenError<E>> {
+pub fn validate<E>(
+    storage: &impl Storage,
+    listing: &DirListing,
+) -> Result<ReplayPlan, OpenError<E>> {
     if listing.segments.len() > MAX_SEGMENT_FILES {
         return Err(OpenError::TooManySegments {
-            dir: dir.path().to_path_buf(),
+            dir: storage.dir_path().to_path_buf(),
             found: listing.segments.len(),
             limit: MAX_SEGMENT_FILES,
         });
@@ -306,7 +311,7 @@ pub fn validate<E>(dir: &WalDir, listing: &DirListing) -> Result<ReplayPlan, Ope
         // Rule 1.
         if *index != expected_index {
             return Err(corrupt(
-                &dir.segment_path(expected_index),
+                &segment_path(storage, expected_index),
                 0,
                 CorruptReason::MissingSegment {
                     next_present_index: *index,
@@ -314,8 +319,8 @@ pub fn validate<E>(dir: &WalDir, listing: &DirListing) -> Result<ReplayPlan, Ope
             ));
         }
         let is_last_segment = position + 1 == listing.segments.len();
-        let segment = ReadOnlySegment::open(path)?;
-        let bytes = segment.bytes();
+        let segment = storage.read_segment(path)?;
+        let bytes: &[u8] = &segment;
         // Rule 2.
         let header = frame::decode_segment_header(bytes).map_err(|e| corrupt(path, 0, e.into()))?;
         if header.segment_index != *index {
@@ -377,11 +382,12 @@ pub fn validate<E>(dir: &WalDir, listing: &DirListing) -> Result<ReplayPlan, Ope
 
 /// Pass 2: delivers every record of a validated plan, in seq order.
 pub fn deliver<E>(
+    storage: &impl Storage,
     plan: &ReplayPlan,
     on_record: &mut impl FnMut(RecordRef<'_>) -> Result<(), E>,
 ) -> Result<(), OpenError<E>> {
     for summary in &plan.segments {
-        let segment = ReadOnlySegment::open(&summary.path)?;
+        let segment = storage.read_segment(&summary.path)?;
         let changed = |replayed_records| {
             corrupt(
                 &summary.path,
@@ -392,7 +398,7 @@ pub fn deliver<E>(
                 },
             )
         };
-        let Some(bytes) = segment.bytes().get(..summary.valid_end_bytes) else {
+        let Some(bytes) = segment.get(..summary.valid_end_bytes) else {
             return Err(changed(0));
         };
         // The slice ends exactly after the last valid batch, so this walk ends cleanly there;

@@ -1,99 +1,32 @@
-//! Segment files and the WAL directory: creation, preallocation, locking, mapping and syncing.
+//! The production [`Storage`]: a `flock`ed directory of preallocated segment files, with the
+//! segment being appended to mapped read-write and synced with `msync(MS_SYNC)`.
 //!
-//! This is the only file of the WAL (and of voucherd) that contains `unsafe`: the two calls
-//! that map a file into memory. Everything that touches the file system for the log lives here,
-//! so the crash-safety steps below can be read in one place.
+//! This is the only file of the mmap writer that contains `unsafe`: the two calls that map a
+//! file into memory. The order of durable steps (create, preallocate, header, fsync, rename,
+//! directory fsync) is not decided here but in `storage.rs`, which the simulation also runs.
 //!
-//! Creating a segment (see [`WalDir::create_segment`]):
-//! 1. create `NNNNNNNNNNNNNNNNNNNN.wal.tmp` exclusively;
-//! 2. `fallocate` the full segment size. A sparse file would turn a full disk into a `SIGBUS`
-//!    on the first store into an unbacked page, so a failed `fallocate` is an error and there
-//!    is no fallback;
-//! 3. write the segment header with `pwrite`, then `fsync` the file;
-//! 4. rename it to `NNNNNNNNNNNNNNNNNNNN.wal` with `RENAME_NOREPLACE`, then `fsync` the
-//!    directory. A `.wal` name therefore always denotes a complete, preallocated file with a
-//!    durable header; a crash before the rename leaves only a `.tmp` file, which `open` removes;
-//! 5. map it read-write.
-//!
-//! Syncing a batch is `msync(MS_SYNC)` over the page-aligned range that holds it. Because the
-//! file was preallocated and its size is already durable, this data sync is sufficient.
+//! Preallocation is `fallocate` with no sparse fallback: storing into an unbacked page of a
+//! shared mapping on a full disk is a `SIGBUS`, not an error value. Syncing a batch is
+//! `msync(MS_SYNC)` over the page-aligned range that holds it; because the file was
+//! preallocated and its size is already durable, this data sync is sufficient.
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::marker::PhantomData;
+use std::ops::Deref;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use memmap2::{Mmap, MmapMut};
 use rustix::fs::{FallocateFlags, FlockOperation, RenameFlags};
-use thiserror::Error;
 
-use crate::wal::frame::{self, SegmentHeader};
+use crate::wal::WriterKind;
+use crate::wal::storage::{
+    DirError, NewFile, SegmentWriter, Storage, StorageError, storage_error as storage,
+};
 
-/// File name extension of a segment.
-pub const SEGMENT_FILE_EXTENSION: &str = "wal";
-/// Suffix of a segment that is still being created.
-const SEGMENT_TEMP_SUFFIX: &str = ".wal.tmp";
-/// Digits in a segment file name; 20 holds any u64, so lexical order equals numeric order.
-const SEGMENT_NAME_DIGITS: usize = 20;
 /// Granularity used to align `msync` ranges (the kernel aligns further if its pages are larger).
 const SYNC_ALIGNMENT_BYTES: usize = 4096;
-
-/// An I/O failure, with the operation and the path it concerned.
-#[derive(Debug, Error)]
-#[error("{operation} {}: {source}", path.display())]
-pub struct StorageError {
-    /// What was being done, e.g. `"fallocate"`.
-    pub operation: &'static str,
-    /// The file or directory concerned.
-    pub path: PathBuf,
-    /// The underlying error.
-    #[source]
-    pub source: io::Error,
-}
-
-/// Why the WAL directory could not be opened.
-#[derive(Debug, Error)]
-pub enum DirError {
-    #[error("WAL directory {} is locked by another process (or another Wal in this one)", dir.display())]
-    Locked { dir: PathBuf },
-    #[error(transparent)]
-    Storage(#[from] StorageError),
-    #[error("WAL directory {} holds a segment-like file with an unexpected name: {}", dir.display(), name)]
-    UnexpectedSegmentName { dir: PathBuf, name: String },
-}
-
-fn storage(operation: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageError {
-    let path = path.to_path_buf();
-    move |source| StorageError {
-        operation,
-        path,
-        source,
-    }
-}
-
-/// File name of segment `index`, e.g. `00000000000000000001.wal`.
-pub fn segment_file_name(index: u64) -> String {
-    format!(
-        "{index:0width$}.{SEGMENT_FILE_EXTENSION}",
-        width = SEGMENT_NAME_DIGITS
-    )
-}
-
-fn parse_segment_index(stem: &str) -> Option<u64> {
-    if stem.len() != SEGMENT_NAME_DIGITS || !stem.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    stem.parse().ok()
-}
-
-/// The segment files found in a directory.
-#[derive(Debug, Default)]
-pub struct DirListing {
-    /// `(index, path)` sorted by index.
-    pub segments: Vec<(u64, PathBuf)>,
-    /// Leftovers of segment creations that crashed before their rename.
-    pub stale_temp_files: Vec<PathBuf>,
-}
 
 /// The WAL directory, held open and `flock`ed for as long as this value lives.
 ///
@@ -139,102 +72,28 @@ impl WalDir {
         }
     }
 
-    /// The directory path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Path of segment `index` in this directory.
-    pub fn segment_path(&self, index: u64) -> PathBuf {
-        self.path.join(segment_file_name(index))
-    }
-
-    /// `fsync`s the directory so that created, renamed or removed entries are durable.
-    pub fn sync(&self) -> Result<(), StorageError> {
-        self.handle
-            .sync_all()
-            .map_err(storage("fsync directory", &self.path))
-    }
-
-    /// Lists segment files (sorted) and stale temporary files. Other file names are ignored.
-    pub fn list(&self) -> Result<DirListing, DirError> {
-        let mut listing = DirListing::default();
-        let entries =
-            std::fs::read_dir(&self.path).map_err(storage("list directory", &self.path))?;
-        for entry in entries {
-            let entry = entry.map_err(storage("list directory", &self.path))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else {
-                continue;
-            };
-            if name.ends_with(SEGMENT_TEMP_SUFFIX) {
-                listing.stale_temp_files.push(entry.path());
-            } else if let Some(stem) = name.strip_suffix(".wal") {
-                let index =
-                    parse_segment_index(stem).ok_or_else(|| DirError::UnexpectedSegmentName {
-                        dir: self.path.clone(),
-                        name: name.to_string(),
-                    })?;
-                listing.segments.push((index, entry.path()));
-            }
-        }
-        listing.segments.sort_unstable_by_key(|(index, _)| *index);
-        Ok(listing)
-    }
-
-    /// Removes leftover temporary files, then syncs the directory.
-    pub fn remove_stale_temp_files(&self, paths: &[PathBuf]) -> Result<(), StorageError> {
-        for path in paths {
-            std::fs::remove_file(path).map_err(storage("remove stale temporary segment", path))?;
-        }
-        if !paths.is_empty() {
-            self.sync()?;
-        }
-        Ok(())
-    }
-
-    /// Creates, preallocates, syncs and maps a new segment (the numbered steps in the module doc).
-    pub fn create_segment(
-        &self,
-        segment_index: u64,
-        first_seq: u64,
-        segment_size_bytes: u64,
-    ) -> Result<WritableSegment, StorageError> {
-        let final_path = self.segment_path(segment_index);
-        let temp_name = format!(
-            "{:0width$}{SEGMENT_TEMP_SUFFIX}",
-            segment_index,
-            width = SEGMENT_NAME_DIGITS
-        );
-        let temp_path = self.path.join(&temp_name);
+    /// Opens `path` read-write and checks its length.
+    pub(crate) fn open_checked(path: &Path, expected_len_bytes: u64) -> Result<File, StorageError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create_new(true)
-            .open(&temp_path)
-            .map_err(storage("create segment", &temp_path))?;
-        rustix::fs::fallocate(&file, FallocateFlags::empty(), 0, segment_size_bytes).map_err(
-            |errno| storage("fallocate (no sparse fallback) segment", &temp_path)(errno.into()),
-        )?;
-        let header = frame::encode_segment_header(&SegmentHeader {
-            segment_index,
-            first_seq,
-            segment_size_bytes,
-        });
-        file.write_all_at(&header, 0)
-            .map_err(storage("write segment header", &temp_path))?;
-        file.sync_all()
-            .map_err(storage("fsync segment", &temp_path))?;
-        rustix::fs::renameat_with(
-            &self.handle,
-            temp_name.as_str(),
-            &self.handle,
-            segment_file_name(segment_index).as_str(),
-            RenameFlags::NOREPLACE,
-        )
-        .map_err(|errno| storage("rename new segment", &final_path)(errno.into()))?;
-        self.sync()?;
-        WritableSegment::map(file, final_path, segment_size_bytes)
+            .open(path)
+            .map_err(storage("open segment for writing", path))?;
+        let len = file
+            .metadata()
+            .map_err(storage("stat segment", path))?
+            .len();
+        if len != expected_len_bytes {
+            return Err(StorageError {
+                operation: "check segment length",
+                path: path.to_path_buf(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("file is {len} bytes, expected {expected_len_bytes}"),
+                ),
+            });
+        }
+        Ok(file)
     }
 }
 
@@ -244,27 +103,141 @@ fn sync_dir_path(path: &Path) -> Result<(), StorageError> {
         .map_err(storage("fsync directory", path))
 }
 
-/// A segment mapped read-only, for replay and scans.
-#[derive(Debug)]
-pub struct ReadOnlySegment {
-    map: Mmap,
+fn file_name(path: &Path) -> Result<&std::ffi::OsStr, StorageError> {
+    path.file_name().ok_or_else(|| StorageError {
+        operation: "name a file in the WAL directory",
+        path: path.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"),
+    })
 }
 
-impl ReadOnlySegment {
-    /// Maps the whole file read-only.
-    pub fn open(path: &Path) -> Result<Self, StorageError> {
-        let file = File::open(path).map_err(storage("open segment", path))?;
-        // SAFETY: the mapping is only sound if nobody truncates or writes the file while it is
-        // mapped. The caller holds the directory's `flock` (shared for scans, exclusive for a
-        // writer), and the only writer of segment files is a `Wal` holding the exclusive lock,
-        // so no cooperating process modifies the file during this mapping's lifetime. Segments
-        // are never truncated by voucherd at all.
-        let map = unsafe { Mmap::map(&file) }.map_err(storage("map segment", path))?;
-        Ok(Self { map })
+impl Storage for WalDir {
+    const WRITER: WriterKind = WriterKind::Mmap;
+    type NewFile = PlainFile;
+    type Segment = WritableSegment;
+    type Contents<'a> = ReadOnlySegment<'a>;
+
+    fn dir_path(&self) -> &Path {
+        &self.path
     }
 
-    /// The file's bytes.
-    pub fn bytes(&self) -> &[u8] {
+    fn list_names(&self) -> Result<Vec<String>, StorageError> {
+        let mut names = Vec::new();
+        let entries =
+            std::fs::read_dir(&self.path).map_err(storage("list directory", &self.path))?;
+        for entry in entries {
+            let entry = entry.map_err(storage("list directory", &self.path))?;
+            if let Ok(name) = entry.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    fn create_new(&self, path: &Path) -> Result<PlainFile, StorageError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(storage("create segment", path))?;
+        Ok(PlainFile {
+            file,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn rename_no_replace(&self, from: &Path, to: &Path) -> Result<(), StorageError> {
+        rustix::fs::renameat_with(
+            &self.handle,
+            file_name(from)?,
+            &self.handle,
+            file_name(to)?,
+            RenameFlags::NOREPLACE,
+        )
+        .map_err(|errno| storage("rename new segment", to)(errno.into()))
+    }
+
+    fn remove(&self, path: &Path) -> Result<(), StorageError> {
+        std::fs::remove_file(path).map_err(storage("remove stale temporary segment", path))
+    }
+
+    fn sync_dir(&self) -> Result<(), StorageError> {
+        self.handle
+            .sync_all()
+            .map_err(storage("fsync directory", &self.path))
+    }
+
+    fn read_segment(&self, path: &Path) -> Result<ReadOnlySegment<'_>, StorageError> {
+        ReadOnlySegment::open(path)
+    }
+
+    fn open_segment(
+        &self,
+        path: &Path,
+        expected_len_bytes: u64,
+    ) -> Result<WritableSegment, StorageError> {
+        let file = Self::open_checked(path, expected_len_bytes)?;
+        WritableSegment::map(file, path.to_path_buf())
+    }
+}
+
+/// A segment file being created: plain `fallocate`, `pwrite` and `fsync`.
+#[derive(Debug)]
+pub struct PlainFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl NewFile for PlainFile {
+    fn preallocate(&mut self, len_bytes: u64) -> Result<(), StorageError> {
+        rustix::fs::fallocate(&self.file, FallocateFlags::empty(), 0, len_bytes).map_err(|errno| {
+            storage("fallocate (no sparse fallback) segment", &self.path)(errno.into())
+        })
+    }
+
+    fn write_at(&mut self, offset_bytes: u64, bytes: &[u8]) -> Result<(), StorageError> {
+        self.file
+            .write_all_at(bytes, offset_bytes)
+            .map_err(storage("write segment header", &self.path))
+    }
+
+    fn sync_all(&mut self) -> Result<(), StorageError> {
+        self.file
+            .sync_all()
+            .map_err(storage("fsync segment", &self.path))
+    }
+}
+
+/// A segment mapped read-only, for replay and scans. Borrows the [`WalDir`] whose lock keeps
+/// the mapping sound.
+#[derive(Debug)]
+pub struct ReadOnlySegment<'dir> {
+    map: Mmap,
+    _lock: PhantomData<&'dir WalDir>,
+}
+
+impl ReadOnlySegment<'_> {
+    /// Maps the whole file read-only.
+    fn open(path: &Path) -> Result<Self, StorageError> {
+        let file = File::open(path).map_err(storage("open segment", path))?;
+        // SAFETY: the mapping is only sound if nobody truncates or writes the file while it is
+        // mapped. It borrows the `WalDir` holding the directory's `flock` (shared for scans,
+        // exclusive for a writer), and the only writer of segment files is a `Wal` holding the
+        // exclusive lock, so no cooperating process modifies the file during this mapping's
+        // lifetime. Segments are never truncated by voucherd at all.
+        let map = unsafe { Mmap::map(&file) }.map_err(storage("map segment", path))?;
+        Ok(Self {
+            map,
+            _lock: PhantomData,
+        })
+    }
+}
+
+impl Deref for ReadOnlySegment<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
         &self.map
     }
 }
@@ -279,36 +252,13 @@ pub struct WritableSegment {
 }
 
 impl WritableSegment {
-    /// Maps an existing segment read-write (the tail found by replay).
-    pub fn open_existing(path: &Path, segment_size_bytes: u64) -> Result<Self, StorageError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(storage("open segment for writing", path))?;
-        Self::map(file, path.to_path_buf(), segment_size_bytes)
-    }
-
-    fn map(file: File, path: PathBuf, segment_size_bytes: u64) -> Result<Self, StorageError> {
-        let len = file
-            .metadata()
-            .map_err(storage("stat segment", &path))?
-            .len();
-        if len != segment_size_bytes {
-            return Err(StorageError {
-                operation: "check segment length",
-                path,
-                source: io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("file is {len} bytes, expected {segment_size_bytes}"),
-                ),
-            });
-        }
+    fn map(file: File, path: PathBuf) -> Result<Self, StorageError> {
         // SAFETY: the file is a fully preallocated segment (never sparse, so stores cannot
-        // SIGBUS for lack of blocks) whose length was checked just above. This process holds the
+        // SIGBUS for lack of blocks) whose length the caller checked. This process holds the
         // directory's exclusive `flock`, and only the holder of that lock writes segments, so no
         // cooperating process writes or truncates the file while it is mapped; within this
-        // process the single `WritableSegment` owns the mapping and is used by one thread.
+        // process the single `WritableSegment` owns the mapping and is used by one thread, and
+        // the committer drops it before the `WalDir` that holds the lock.
         let map = unsafe { MmapMut::map_mut(&file) }.map_err(storage("map segment", &path))?;
         Ok(Self {
             map,
@@ -317,49 +267,63 @@ impl WritableSegment {
         })
     }
 
-    /// The segment path.
-    pub fn path(&self) -> &Path {
+    fn out_of_bounds(&self, operation: &'static str, start: usize, len: usize) -> StorageError {
+        StorageError {
+            operation,
+            path: self.path.clone(),
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "range {start}+{len} outside the segment of {} bytes",
+                    self.map.len()
+                ),
+            ),
+        }
+    }
+}
+
+impl WritableSegment {
+    /// `fdatasync` of the whole file through its descriptor (a measured alternative to
+    /// `msync`; see `probe.rs`).
+    pub fn fdatasync(&self) -> Result<(), StorageError> {
+        self._file
+            .sync_data()
+            .map_err(storage("fdatasync segment", &self.path))
+    }
+}
+
+impl SegmentWriter for WritableSegment {
+    fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Segment length in bytes.
-    pub fn len_bytes(&self) -> usize {
+    fn len_bytes(&self) -> usize {
         self.map.len()
     }
 
-    /// Mutable view of `range` of the mapped file; `None` if it is out of bounds.
-    pub fn bytes_mut(&mut self, start: usize, len: usize) -> Option<&mut [u8]> {
-        let end = start.checked_add(len)?;
-        self.map.get_mut(start..end)
-    }
-
-    /// Read-only view of the whole mapped file.
-    pub fn bytes(&self) -> &[u8] {
-        &self.map
+    /// Copies into the mapping: the page cache, not yet durable.
+    fn write_at(&mut self, offset_bytes: usize, bytes: &[u8]) -> Result<(), StorageError> {
+        let range = offset_bytes
+            .checked_add(bytes.len())
+            .map(|end| offset_bytes..end);
+        match range.and_then(|range| self.map.get_mut(range)) {
+            Some(dst) => {
+                dst.copy_from_slice(bytes);
+                Ok(())
+            }
+            None => Err(self.out_of_bounds("write into mapped segment", offset_bytes, bytes.len())),
+        }
     }
 
     /// `msync(MS_SYNC)` of the page-aligned range covering `[start, start + len)`.
-    pub fn sync_range(&self, start: usize, len: usize) -> Result<(), StorageError> {
-        let aligned_start = start - start % SYNC_ALIGNMENT_BYTES;
-        let end = start.saturating_add(len).min(self.map.len());
+    fn sync_range(&mut self, offset_bytes: usize, len_bytes: usize) -> Result<(), StorageError> {
+        let aligned_start = offset_bytes - offset_bytes % SYNC_ALIGNMENT_BYTES;
+        let end = offset_bytes.saturating_add(len_bytes).min(self.map.len());
+        if aligned_start > end {
+            return Err(self.out_of_bounds("msync segment", offset_bytes, len_bytes));
+        }
         self.map
-            .flush_range(aligned_start, end.saturating_sub(aligned_start))
+            .flush_range(aligned_start, end - aligned_start)
             .map_err(storage("msync segment", &self.path))
-    }
-
-    /// Zeroes `[start, end)` and syncs it (used to erase a torn tail).
-    pub fn zero_and_sync(&mut self, start: usize, end: usize) -> Result<(), StorageError> {
-        let Some(region) = self.map.get_mut(start..end) else {
-            return Err(StorageError {
-                operation: "zero torn tail",
-                path: self.path.clone(),
-                source: io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("range {start}..{end} outside the segment"),
-                ),
-            });
-        };
-        region.fill(0);
-        self.sync_range(start, end - start)
     }
 }

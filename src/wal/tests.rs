@@ -16,10 +16,13 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
 
+use crate::wal::committer::{FatalError, FatalHandler};
 use crate::wal::frame::{self, BATCH_HEADER_BYTES, BatchEncoder, SEGMENT_HEADER_BYTES};
+use crate::wal::sim_storage::{CrashMode, Faults, OpKind, SimStorage};
 use crate::wal::{
     AppendError, CorruptReason, MAX_RECORD_PAYLOAD_BYTES, NoopObserver, OpenError, OptionsError,
-    ReplayReport, Wal, WalObserver, WalOptions, open, scan, segment_file_name,
+    ReplayReport, Wal, WalObserver, WalOptions, WalWriter, WriterKind, open, open_with_ring_setup,
+    open_with_storage, recover, scan, segment_file_name,
 };
 
 type Replayed = Vec<(u64, u8, Vec<u8>)>;
@@ -68,6 +71,7 @@ fn options(dir: &Path) -> WalOptions {
         batch_window: Duration::ZERO,
         max_queue_records: 100_000,
         observer: Arc::new(NoopObserver),
+        writer: WalWriter::Auto,
     }
 }
 
@@ -1148,4 +1152,307 @@ impl WalObserver for GatedObserver {
             self.changed.wait(&mut closed);
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fail-stop, through the fault-injecting storage and the real committer thread
+// ---------------------------------------------------------------------------------------------
+
+/// Longest a test waits for the committer to report its fatal error (a hang guard only).
+const FATAL_REPORT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// What the injected fatal handler saw: the `what` of the error and its errno.
+type FatalReport = (String, Option<i32>);
+
+/// Opens a `Wal` on `storage` whose fatal handler reports instead of exiting.
+fn open_failing(storage: &SimStorage) -> (Wal, mpsc::Receiver<FatalReport>) {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let handler: FatalHandler = Arc::new(move |error: &FatalError| {
+        let report = match error {
+            FatalError::Storage { what, error } => (what.to_string(), error.source.raw_os_error()),
+            FatalError::Bug { what, .. } => (what.to_string(), None),
+        };
+        let _ = tx.lock().send(report);
+    });
+    let (wal, _) = open_with_storage::<_, std::convert::Infallible>(
+        storage.clone(),
+        options(Path::new("/simulated/wal")),
+        handler,
+        |_| Ok(()),
+    )
+    .expect("open on simulated storage");
+    (wal, rx)
+}
+
+/// Crashes a copy of `storage`'s disk (keeping every unsynced byte that the kernel still
+/// had) and returns the records a recovery replays.
+fn recovered_records(storage: &SimStorage) -> Replayed {
+    let mut disk = storage.snapshot();
+    disk.crash(CrashMode::KeepUnsynced);
+    let mut records = Vec::new();
+    let recovered =
+        recover::<_, std::convert::Infallible>(SimStorage::from_disk(disk), 1024 * 1024, |r| {
+            records.push((r.seq, r.kind, r.payload.to_vec()));
+            Ok(())
+        });
+    assert!(recovered.is_ok(), "recovery after the failure");
+    records
+}
+
+fn mutating_ops_since(storage: &SimStorage, start: usize) -> Vec<OpKind> {
+    storage.with_disk(|d| d.trace()[start..].to_vec())
+}
+
+#[test]
+fn failed_sync_fires_no_completion_and_nothing_is_written_after_it() {
+    let storage = SimStorage::default();
+    // File sync 0 is segment 1's creation; 1 and 2 are the first two batches; 3 fails.
+    storage.with_disk(|d| {
+        d.set_faults(Faults {
+            fail_file_sync: Some(3),
+            ..Faults::default()
+        })
+    });
+    let (wal, fatal) = open_failing(&storage);
+    assert_eq!(append_durable(&wal, 1, b"one".to_vec()), 1);
+    assert_eq!(append_durable(&wal, 1, b"two".to_vec()), 2);
+    let ops_before = storage.with_disk(|d| d.trace().len());
+
+    let (tx, rx) = oneshot::channel();
+    assert_eq!(wal.append(1, b"three".to_vec(), tx), Ok(3));
+    assert!(
+        rx.blocking_recv().is_err(),
+        "the completion of a batch whose sync failed must never fire"
+    );
+    let (what, errno) = fatal
+        .recv_timeout(FATAL_REPORT_DEADLINE)
+        .expect("the fatal handler was called");
+    assert_eq!(what, "write or sync of a WAL batch failed");
+    assert_eq!(errno, Some(libc::EIO));
+    assert!(fatal.try_recv().is_err(), "the handler is called once");
+
+    // Fail-stop: nothing is appended, acknowledged or written after the failure.
+    let (tx, rx) = oneshot::channel();
+    assert_eq!(
+        wal.append(1, b"four".to_vec(), tx),
+        Err(AppendError::ShuttingDown)
+    );
+    assert!(rx.blocking_recv().is_err());
+    let (tx, _rx) = oneshot::channel();
+    assert_eq!(wal.barrier(tx), Err(AppendError::ShuttingDown));
+    assert_eq!(wal.durable_seq(), 2);
+    assert_eq!(
+        mutating_ops_since(&storage, ops_before),
+        vec![OpKind::Write, OpKind::FileSync],
+        "the failed batch's write and sync, then nothing"
+    );
+    wal.shutdown();
+    assert_eq!(
+        mutating_ops_since(&storage, ops_before).len(),
+        2,
+        "shutdown after a failure writes nothing"
+    );
+    let records = recovered_records(&storage);
+    assert_eq!(
+        records,
+        vec![(1, 1, b"one".to_vec()), (2, 1, b"two".to_vec())]
+    );
+}
+
+#[test]
+fn enospc_when_rolling_fires_no_completion_and_nothing_is_written_after_it() {
+    const PAYLOAD_BYTES: usize = 60_000;
+    /// Records that fit in one 1 MiB segment, plus margin: the roll must come before this.
+    const MAX_RECORDS_BEFORE_ROLL: usize = 40;
+    let storage = SimStorage::default();
+    // Preallocation 0 is segment 1's creation at open; 1 is the roll to segment 2.
+    storage.with_disk(|d| {
+        d.set_faults(Faults {
+            fail_preallocate: Some(1),
+            ..Faults::default()
+        })
+    });
+    let (wal, fatal) = open_failing(&storage);
+    let mut acked = Vec::new();
+    let mut failed_seq = None;
+    for i in 0..MAX_RECORDS_BEFORE_ROLL {
+        let payload = vec![i as u8; PAYLOAD_BYTES];
+        let ops_before = storage.with_disk(|d| d.trace().len());
+        let (tx, rx) = oneshot::channel();
+        let seq = wal.append(2, payload.clone(), tx).expect("append");
+        if rx.blocking_recv().is_ok() {
+            acked.push((seq, 2, payload));
+            continue;
+        }
+        failed_seq = Some(seq);
+        let (what, errno) = fatal
+            .recv_timeout(FATAL_REPORT_DEADLINE)
+            .expect("the fatal handler was called");
+        assert_eq!(what, "could not create the next WAL segment");
+        assert_eq!(errno, Some(libc::ENOSPC));
+        assert_eq!(
+            mutating_ops_since(&storage, ops_before),
+            vec![OpKind::Create, OpKind::Preallocate],
+            "the roll stopped at the failed preallocation and the batch was never written"
+        );
+        break;
+    }
+    let failed_seq = failed_seq.expect("the log rolled");
+    assert_eq!(failed_seq, acked.len() as u64 + 1);
+    assert_eq!(wal.durable_seq(), acked.len() as u64);
+    let ops_after = storage.with_disk(|d| d.trace().len());
+    let (tx, _rx) = oneshot::channel();
+    assert_eq!(
+        wal.append(2, b"later".to_vec(), tx),
+        Err(AppendError::ShuttingDown)
+    );
+    wal.shutdown();
+    assert_eq!(storage.with_disk(|d| d.trace().len()), ops_after);
+    assert_eq!(recovered_records(&storage), acked);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writers: io_uring and mmap write the same format; io_uring falls back when refused
+// ---------------------------------------------------------------------------------------------
+
+/// Whether this process may set up an io_uring (Docker's default seccomp profile refuses).
+fn io_uring_available() -> bool {
+    crate::wal::uring::setup_ring().is_ok()
+}
+
+#[test]
+fn both_writers_write_the_same_log_and_each_replays_the_other() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path();
+    let expected_uring = if io_uring_available() {
+        WriterKind::IoUring
+    } else {
+        WriterKind::Mmap
+    };
+    let mut written = Vec::new();
+    // Alternate writers; 8 KB records roll the 1 MiB segments several times.
+    for (round, writer) in [
+        WalWriter::Mmap,
+        WalWriter::IoUring,
+        WalWriter::Mmap,
+        WalWriter::Auto,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut opts = options(dir);
+        opts.writer = writer;
+        let (wal, report, records) = open_collect(opts);
+        assert_eq!(
+            records, written,
+            "round {round}: {writer:?} replays everything"
+        );
+        let expected = if writer == WalWriter::Mmap {
+            WriterKind::Mmap
+        } else {
+            expected_uring
+        };
+        assert_eq!(wal.writer(), expected);
+        let payloads: Vec<Vec<u8>> = (0..200)
+            .map(|i| payload_for_seq(report.last_seq + 1 + i).repeat(3))
+            .collect();
+        let receivers = append_many(&wal, &payloads);
+        for ((seq, _), payload) in receivers.iter().zip(&payloads) {
+            written.push((*seq, 3, payload.clone()));
+        }
+        wait_all(receivers);
+        wal.shutdown();
+    }
+    let (report, records) = reopen(dir);
+    assert_eq!(records, written);
+    assert!(report.segments >= 2, "{report:?}");
+}
+
+/// Runs `f` with a subscriber that captures every log line; returns the lines.
+fn capture_logs(f: impl FnOnce()) -> Vec<String> {
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let sink = Sink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    let text = String::from_utf8_lossy(&sink.0.lock()).into_owned();
+    text.lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn refused_io_uring_falls_back_to_mmap_with_one_log_line() {
+    for (writer, errno) in [
+        (WalWriter::IoUring, libc::EPERM),
+        (WalWriter::IoUring, libc::ENOSYS),
+        (WalWriter::Auto, libc::EPERM),
+        (WalWriter::Auto, libc::ENOSYS),
+    ] {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mut opts = options(root.path());
+        opts.writer = writer;
+        let mut opened = None;
+        let lines = capture_logs(|| {
+            opened = Some(
+                open_with_ring_setup::<std::convert::Infallible>(
+                    opts,
+                    || Err(std::io::Error::from_raw_os_error(errno)),
+                    |_| Ok(()),
+                )
+                .expect("open falls back"),
+            );
+        });
+        let (wal, _) = opened.expect("opened");
+        assert_eq!(wal.writer(), WriterKind::Mmap, "{writer:?} {errno}");
+        let fallback: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.contains("falling back to the mmap WAL writer"))
+            .collect();
+        assert_eq!(fallback.len(), 1, "{writer:?} {errno}: {lines:#?}");
+        assert!(fallback[0].contains("WARN"), "{}", fallback[0]);
+        assert_eq!(append_durable(&wal, 1, b"on the fallback".to_vec()), 1);
+        wal.shutdown();
+        let (_, records) = reopen(root.path());
+        assert_eq!(records, vec![(1, 1, b"on the fallback".to_vec())]);
+    }
+}
+
+#[test]
+fn other_io_uring_setup_failures_are_errors_and_mmap_never_sets_up_a_ring() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mut opts = options(root.path());
+    opts.writer = WalWriter::IoUring;
+    let result = open_with_ring_setup::<std::convert::Infallible>(
+        opts,
+        || Err(std::io::Error::from_raw_os_error(libc::ENOMEM)),
+        |_| Ok(()),
+    );
+    match result {
+        Err(OpenError::Io(error)) => assert_eq!(error.source.raw_os_error(), Some(libc::ENOMEM)),
+        Err(other) => panic!("expected an I/O error, got {other}"),
+        Ok(_) => panic!("ENOMEM is not a reason to fall back"),
+    }
+    let mut opts = options(root.path());
+    opts.writer = WalWriter::Mmap;
+    let (wal, _) = open_with_ring_setup::<std::convert::Infallible>(
+        opts,
+        || panic!("the mmap writer must not set up a ring"),
+        |_| Ok(()),
+    )
+    .expect("open");
+    assert_eq!(wal.writer(), WriterKind::Mmap);
+    wal.shutdown();
 }

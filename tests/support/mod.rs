@@ -78,6 +78,8 @@ pub struct TestConfig {
     pub segment_size_bytes: u64,
     pub checkpoint_every_records: u64,
     pub checkpoint_check_interval_ms: u64,
+    /// `storage.writer`; `None` leaves the daemon's default.
+    pub wal_writer: Option<&'static str>,
     pub extra: String,
 }
 
@@ -90,6 +92,7 @@ impl Default for TestConfig {
             segment_size_bytes: 4 << 20,
             checkpoint_every_records: 1_000_000,
             checkpoint_check_interval_ms: 5_000,
+            wal_writer: None,
             extra: String::new(),
         }
     }
@@ -134,6 +137,13 @@ budget_fen = 100000000000
             self.checkpoint_check_interval_ms,
             geojson_path().display(),
         );
+        if let Some(writer) = self.wal_writer {
+            s = s.replacen(
+                "[regions]",
+                &format!("writer = \"{writer}\"\n\n[regions]"),
+                1,
+            );
+        }
         for (code, name) in COUNTIES {
             s.push_str(&format!(
                 "\n[[counties]]\nadcode = {code}\nname = \"{name}\"\n"
@@ -152,13 +162,20 @@ pub struct Daemon {
     pub stdout: Arc<Mutex<Vec<String>>>,
     pub stderr: Arc<Mutex<Vec<String>>>,
     lines: mpsc::Receiver<String>,
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Starts `voucherd serve` on `config_path`; returns once it is ready.
 pub fn start_with_config_file(dir: &Path, config_path: &Path) -> Daemon {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_voucherd"))
-        .args(["serve", "--config"])
-        .arg(config_path)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_voucherd"));
+    command.args(["serve", "--config"]).arg(config_path);
+    start_with_command(dir, command)
+}
+
+/// Starts the daemon with `command` (which must end up exec'ing `voucherd serve`, e.g.
+/// through `sh` and `prlimit`); returns once it is ready.
+pub fn start_with_command(dir: &Path, mut command: Command) -> Daemon {
+    let mut child = command
         .env("VOUCHERD_TEST_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
@@ -166,8 +183,8 @@ pub fn start_with_config_file(dir: &Path, config_path: &Path) -> Daemon {
         .spawn()
         .expect("spawn voucherd");
     let (tx, rx) = mpsc::channel();
-    let stdout = capture(child.stdout.take().expect("stdout"), Some(tx));
-    let stderr = capture(child.stderr.take().expect("stderr"), None);
+    let (stdout, _) = capture(child.stdout.take().expect("stdout"), Some(tx));
+    let (stderr, stderr_reader) = capture(child.stderr.take().expect("stderr"), None);
     let mut daemon = Daemon {
         child,
         public: "127.0.0.1:1".parse().expect("addr"),
@@ -176,6 +193,7 @@ pub fn start_with_config_file(dir: &Path, config_path: &Path) -> Daemon {
         stdout,
         stderr,
         lines: rx,
+        stderr_reader: Some(stderr_reader),
     };
     let listening = daemon.wait_for_line("voucherd listening");
     for part in listening.split_whitespace() {
@@ -235,10 +253,10 @@ pub fn run_expecting_exit(config_path: &Path) -> (Option<i32>, String) {
 fn capture(
     stream: impl Read + Send + 'static,
     tx: Option<mpsc::Sender<String>>,
-) -> Arc<Mutex<Vec<String>>> {
+) -> (Arc<Mutex<Vec<String>>>, std::thread::JoinHandle<()>) {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let sink = lines.clone();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
             if let Some(tx) = &tx {
@@ -247,7 +265,7 @@ fn capture(
             sink.lock().push(line);
         }
     });
-    lines
+    (lines, reader)
 }
 
 impl Daemon {
@@ -297,6 +315,17 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Waits for a daemon that is known to be exiting (its listener already refused us);
+    /// returns its status and everything it wrote to stderr.
+    pub fn wait_for_exit(mut self) -> (ExitStatus, String) {
+        let status = self.child.wait().expect("wait");
+        // The reader ends at EOF, which the exit brings.
+        if let Some(reader) = self.stderr_reader.take() {
+            reader.join().expect("stderr reader");
+        }
+        (status, self.stderr_text())
     }
 
     pub fn stderr_text(&self) -> String {
