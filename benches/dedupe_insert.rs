@@ -2,6 +2,8 @@
 //! and their check-and-insert into a tranche's holder map, as `decide_claim`
 //! and `apply_claim` do it (same digest key type, same hasher, same presizing).
 //! Reported per claim (2 keys: user ID and device ID; or 3 with a phone hash).
+//! The `_touched` case inserts into a map whose memory was written once
+//! before, which shows how much of a fresh map's cost is first-touch page faults.
 //!
 //!     cargo bench --bench dedupe_insert -- --warm-up-time 1 --measurement-time 5
 
@@ -50,6 +52,22 @@ fn holders() -> Holders {
     HashMap::with_capacity_and_hasher(PRESIZED_KEYS, DigestHasherBuilder)
 }
 
+/// A presized map whose memory has been touched once (filled, then cleared):
+/// what the inserts cost without first-touch page faults.
+fn holders_touched() -> Holders {
+    let mut map = holders();
+    let mut x = 0u64;
+    for _ in 0..PRESIZED_KEYS {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        map.insert(
+            KeyDigest(u128::from(x.wrapping_mul(0xbf58_476d_1ce4_e5b9))),
+            0,
+        );
+    }
+    map.clear();
+    map
+}
+
 /// Check every key, then insert them all: the dedupe part of one claim.
 fn check_and_insert(map: &mut Holders, digests: &IdentityDigests, index: u32) -> bool {
     if digests.as_slice().iter().any(|d| map.contains_key(d)) {
@@ -82,6 +100,18 @@ fn bench(c: &mut Criterion) {
     group.bench_function("check_and_insert_2_keys_presized", |b| {
         b.iter_batched(
             holders,
+            |mut map| {
+                for (i, d) in digests.iter().enumerate() {
+                    assert!(check_and_insert(&mut map, d, i as u32));
+                }
+                map
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    group.bench_function("check_and_insert_2_keys_presized_touched", |b| {
+        b.iter_batched(
+            holders_touched,
             |mut map| {
                 for (i, d) in digests.iter().enumerate() {
                     assert!(check_and_insert(&mut map, d, i as u32));

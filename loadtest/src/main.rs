@@ -244,7 +244,9 @@ async fn burst(args: BurstArgs) -> Result<bool, String> {
             .filter(|(_, q)| *q > 0)
             .collect(),
     };
+    let define_started = std::time::Instant::now();
     admin::define(p.admin, &p.token, &def).await?;
+    let define_ms = define_started.elapsed().as_secs_f64() * 1000.0;
     let bots = people.iter().filter(|x| x.bot).count();
     println!(
         "burst {run}: {} people ({bots} bots) on {} connections, {} vouchers in {} counties, t0 in {} ms",
@@ -313,6 +315,7 @@ async fn burst(args: BurstArgs) -> Result<bool, String> {
         "connections": args.connections,
         "connections_opened": result.connections_opened,
         "connect_ms": result.connect_ms,
+        "define_ms": define_ms,
         "keys": target.keys,
         "seed": target.seed,
         "sold_out_ms": sold_out_ms,
@@ -349,7 +352,10 @@ async fn burst(args: BurstArgs) -> Result<bool, String> {
         &all.timeline,
     )?;
 
-    println!("  connections opened in {:.0} ms", result.connect_ms);
+    println!(
+        "  campaign and tranche defined in {define_ms:.0} ms; connections opened in {:.0} ms",
+        result.connect_ms
+    );
     println!("  people: {}", outcomes_line(&humans));
     if bots > 0 {
         println!("  bots:   {}", outcomes_line(&bot_summary));

@@ -248,7 +248,7 @@ fn burst_with_bots_against_the_real_binary_verifies_clean() {
         "--connections",
         "16",
         "--quota-per-county",
-        "100000",
+        "5000",
         "--out",
         out.to_str().expect("utf-8 path"),
     ]);
