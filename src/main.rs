@@ -6,6 +6,12 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc rather than glibc malloc: the claim path's small allocations (request
+/// bodies, JSON strings, response buffers) cost about a tenth of the daemon's CPU
+/// under glibc at the release burst (BENCHMARKS.md, "Durable HTTP claims").
+#[global_allocator]
+static GLOBAL_ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "voucherd",

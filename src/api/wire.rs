@@ -33,6 +33,11 @@ impl FieldError {
 
 /// Parses JSON into `T`, naming the offending field on failure.
 pub fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, FieldError> {
+    // The common case, a valid body, skips the path tracking (a few % of a claim's CPU);
+    // only a body that fails is parsed again to name the field.
+    if let Ok(value) = serde_json::from_slice(body) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
