@@ -603,3 +603,115 @@ fn refunds_follow_the_campaign_policy_and_survive_a_crash() {
         "YC-2026-0002"
     );
 }
+
+/// The outcomes the other tests do not reach: a refund of an unknown redemption (a
+/// well-formed ID nobody issued, and a malformed one), the ledger of an unknown campaign,
+/// more refunds of one redemption than the limit, and a voucher that expired. The tranche
+/// of the last one closes 1 s after it is created and expires 0.5 s later; the settlement
+/// timer is driven by the daemon's clock, so the test polls for the outcome, bounded.
+#[test]
+fn expiry_refund_limit_and_unknown_ids_over_http() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = start(dir.path(), &lifecycle_config());
+    merchants(&daemon);
+    daemon.create_tranche("t1", &open_tranche_body(&[(420502, 10)]));
+    let mut c = daemon.client();
+
+    let v = claim_one(&daemon, "t1", "u1");
+    let r = redeem(&mut c, ("voucher_id", &v), "m-xl-food", "o1", 12_000);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let rid = r.json()["redemption"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    // Unknown redemptions: the issued ID with its last character changed, and garbage.
+    let last = rid.chars().last().expect("non-empty");
+    let other = if last == '0' { '1' } else { '0' };
+    let forged = format!("{}{other}", &rid[..rid.len() - 1]);
+    for id in [forged.as_str(), "r-not-an-id"] {
+        let r = c.post(
+            &format!("/v1/redemptions/{id}/refund"),
+            &json!({"amount_fen": 1, "refund_id": "rf-x"}),
+        );
+        assert_eq!(
+            (r.status, r.json()["outcome"].clone()),
+            (404, json!("unknown_redemption")),
+            "{id}: {}",
+            r.text()
+        );
+    }
+
+    // The ledger of a campaign that does not exist.
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let r = daemon.admin_client().request(
+        "GET",
+        "/admin/v1/campaigns/no-such-campaign/ledger",
+        &[("authorization", &auth)],
+        None,
+    );
+    assert_eq!(
+        (r.status, r.json()["outcome"].clone()),
+        (404, json!("unknown_campaign"))
+    );
+
+    // At most MAX_REFUNDS_PER_REDEMPTION (64) refunds of one redemption; 1 fen each.
+    for i in 0..64 {
+        let r = c.post(
+            &format!("/v1/redemptions/{rid}/refund"),
+            &json!({"amount_fen": 1, "refund_id": format!("rf-{i}")}),
+        );
+        assert_eq!(r.status, 201, "refund {i}: {}", r.text());
+    }
+    let r = c.post(
+        &format!("/v1/redemptions/{rid}/refund"),
+        &json!({"amount_fen": 1, "refund_id": "rf-64"}),
+    );
+    assert_eq!(
+        (r.status, r.json()["outcome"].clone()),
+        (409, json!("too_many_refunds")),
+        "{}",
+        r.text()
+    );
+    // A retry of an accepted refund still replays.
+    let r = c.post(
+        &format!("/v1/redemptions/{rid}/refund"),
+        &json!({"amount_fen": 1, "refund_id": "rf-0"}),
+    );
+    assert_eq!((r.status, r.json()["replayed"].clone()), (200, json!(true)));
+
+    // Expiry: a voucher past expires_at is refused as voucher_expired.
+    let now = chrono::Utc::now();
+    let mut body = tranche_body(
+        now - chrono::Duration::minutes(1),
+        now + chrono::Duration::seconds(1),
+        &[(420502, 10)],
+    );
+    body["expires_at"] = json!((now + chrono::Duration::milliseconds(1_500)).to_rfc3339());
+    daemon.create_tranche("t-short", &body);
+    let v = claim_one(&daemon, "t-short", "u-short");
+    // Wait (bounded) until the voucher shows as expired, without touching it.
+    let deadline = Instant::now() + STARTUP_DEADLINE;
+    loop {
+        let r = c.get(&format!("/v1/vouchers/{v}"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        if r.json()["voucher"]["state"] == json!("expired") {
+            break;
+        }
+        assert_eq!(
+            r.json()["voucher"]["state"],
+            json!("claimed"),
+            "{}",
+            r.text()
+        );
+        assert!(Instant::now() < deadline, "never expired: {}", r.text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = redeem(&mut c, ("voucher_id", &v), "m-xl-food", "late-1", 12_000);
+    assert_eq!(
+        (r.status, r.json()["outcome"].clone()),
+        (410, json!("voucher_expired")),
+        "{}",
+        r.text()
+    );
+}
