@@ -138,6 +138,9 @@ pub async fn run(cfg: CompareConfig) -> Result<bool, String> {
             ));
         }
     }
+    if cfg.servers.iter().any(|s| s == "redis") {
+        ensure_redis_server()?;
+    }
     let geojson = std::fs::canonicalize(&cfg.geojson)
         .map_err(|e| format!("{}: {e}", cfg.geojson.display()))?;
     std::fs::create_dir_all(&cfg.work_dir).map_err(|e| e.to_string())?;
@@ -534,4 +537,44 @@ geojson_path = "{}"
         ));
     }
     std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Installs the `redis-server` package with apt when the Redis peer is asked for and
+/// `redis-server` is not on the PATH (with sudo unless already root).
+fn ensure_redis_server() -> Result<(), String> {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return Ok(());
+    }
+    println!("compare: redis-server not found; installing it with apt-get");
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"));
+    let apt = |args: &[&str]| -> Result<(), String> {
+        let mut command = if root {
+            Command::new("apt-get")
+        } else {
+            let mut c = Command::new("sudo");
+            c.arg("apt-get");
+            c
+        };
+        let status = command
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .map_err(|e| format!("apt-get: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("apt-get {} failed: {status}", args.join(" ")))
+        }
+    };
+    apt(&["update"])?;
+    apt(&["install", "-y", "--no-install-recommends", "redis-server"])
 }
