@@ -683,14 +683,26 @@ impl Dispenser {
     }
 
     /// The campaign's ledger: `budget = unreleased + pool + outstanding + redeemed + revoked`.
-    pub fn ledger(&self, campaign_id: &str) -> Option<(CampaignSpec, Ledger)> {
+    /// The answer must wait on the returned durability: the ledger is read from
+    /// memory, which may hold decisions whose records are not yet synced, and
+    /// an answer must never show money a crash could take back.
+    pub fn ledger(
+        &self,
+        campaign_id: &str,
+    ) -> Result<Option<(CampaignSpec, Ledger, Durability)>, AppendError> {
         let catalog = self.catalog.read();
-        let campaign = catalog.campaign(campaign_id)?.clone();
+        let Some(campaign) = catalog.campaign(campaign_id).cloned() else {
+            return Ok(None);
+        };
         let ledger = Ledger::of(
             campaign.budget_fen,
             &self.campaign_money(&catalog, campaign_id),
         );
-        Some((campaign, ledger))
+        // Every record reflected above was appended before it was applied, so
+        // it is at or before the newest sequence number now.
+        let seq = self.wal.next_seq() - 1;
+        drop(catalog);
+        Ok(Some((campaign, ledger, self.durability(seq)?)))
     }
 
     /// An answer that changes nothing still waits for everything before it,

@@ -715,3 +715,47 @@ fn expiry_refund_limit_and_unknown_ids_over_http() {
         r.text()
     );
 }
+
+/// A ledger answer shows only money that is durable: a redemption still
+/// waiting for its WAL sync (held back here by a 100 ms group-commit window)
+/// is not in it, so a kill -9 right after the answer cannot take back what it
+/// showed. (The ledger used to be read from memory without waiting.)
+#[test]
+fn a_ledger_answer_never_shows_money_a_crash_takes_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), &lifecycle_config());
+    let toml = std::fs::read_to_string(&path).expect("config");
+    let toml = toml.replacen("[regions]", "batch_window_us = 100000\n\n[regions]", 1);
+    std::fs::write(&path, toml).expect("write config");
+    let daemon = start_with_config_file(dir.path(), &path);
+    merchants(&daemon);
+    daemon.create_tranche("t1", &open_tranche_body(&[(420502, 10)]));
+    let v = claim_one(&daemon, "t1", "alice");
+    assert_eq!(ledger(&daemon, "c1")["redeemed_fen"], 0);
+
+    let public = daemon.public;
+    // Not acknowledged (the kill comes first, or its answer races the kill): may or may not survive.
+    let redeemer = std::thread::spawn(move || {
+        let body = json!({"voucher_id": v, "merchant_id": "m-xl-food", "order_id": "o-1", "order_amount_fen": 12_000});
+        Client::new(public).try_request("POST", "/v1/redemptions", body.to_string().as_bytes())
+    });
+    let deadline = Instant::now() + STARTUP_DEADLINE;
+    let shown = loop {
+        let l = ledger(&daemon, "c1");
+        if l["redeemed_fen"] != 0 {
+            break l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the redemption never showed: {l}"
+        );
+    };
+    daemon.kill();
+    let _ = redeemer.join().expect("redeemer");
+    let daemon = start(dir.path(), &lifecycle_config());
+    let after = ledger(&daemon, "c1");
+    assert_eq!(
+        after["redeemed_fen"], shown["redeemed_fen"],
+        "a ledger answer showed {shown}, yet after kill -9 the ledger is {after}"
+    );
+}

@@ -170,9 +170,16 @@ pub async fn ledger(app: &App, campaign_id: &str) -> Reply {
     let Some(dispenser) = app.dispenser() else {
         return super::unavailable(app);
     };
-    let Some((campaign, ledger)) = dispenser.ledger(campaign_id) else {
-        return outcome(StatusCode::NOT_FOUND, "unknown_campaign");
+    let (campaign, ledger, durability) = match dispenser.ledger(campaign_id) {
+        Ok(Some(found)) => found,
+        Ok(None) => return outcome(StatusCode::NOT_FOUND, "unknown_campaign"),
+        Err(crate::wal::AppendError::QueueFull { .. }) => return super::overloaded(),
+        Err(_) => return super::unavailable(app),
     };
+    // Only money that is durable is shown.
+    if !durability.wait().await {
+        return super::unavailable(app);
+    }
     let mut body = OutcomeBody::outcome("ledger");
     body.ledger = Some(LedgerBodyOut::from_ledger(campaign_id, &ledger, app.now()));
     body.campaign = Some(CampaignBodyOut::from_spec(&campaign));

@@ -488,16 +488,31 @@ impl Client {
     /// One attempt, no retry, no panic: `None` if the server is gone or the
     /// connection broke before a full reply (the torture test's "in flight").
     pub fn try_request(&mut self, method: &str, path: &str, body: &[u8]) -> Option<Reply> {
+        self.try_request_with(method, path, &[], body)
+    }
+
+    /// [`Client::try_request`] with extra headers (e.g. the admin bearer token).
+    pub fn try_request_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Option<Reply> {
         if self.stream.is_none() {
             let stream = TcpStream::connect(self.addr).ok()?;
             stream.set_read_timeout(Some(IO_DEADLINE)).ok()?;
             stream.set_nodelay(true).ok()?;
             self.stream = Some(BufReader::new(stream));
         }
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: test\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        let mut head = format!("{method} {path} HTTP/1.1\r\nhost: test\r\n");
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str(&format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n\r\n",
             body.len()
-        );
+        ));
         let mut bytes = head.into_bytes();
         bytes.extend_from_slice(body);
         let conn = self.stream.as_mut()?;
