@@ -541,6 +541,23 @@ impl Dispenser {
         Some(self.tranche_view(&book, now))
     }
 
+    /// The tranche as a reader may see it: the answer must wait on the returned
+    /// durability, as the counts in memory may include claims whose records are
+    /// not yet synced, and a crash would take those back.
+    pub fn tranche_for_reader(
+        &self,
+        tranche_id: &str,
+        now: UnixMillis,
+    ) -> Option<(TrancheView, Result<Durability, AppendError>)> {
+        let shard = self.shard(tranche_id)?;
+        let book = shard.lock();
+        let view = self.tranche_view(&book, now);
+        // Every record reflected in the view was appended before it was applied.
+        let seq = self.wal.next_seq() - 1;
+        drop(book);
+        Some((view, self.durability(seq)))
+    }
+
     /// Calls `f` with a view of every tranche (for metrics and listings).
     pub fn each_tranche(&self, now: UnixMillis, mut f: impl FnMut(&TrancheView)) {
         let shards: Vec<Shard> = self.catalog.read().tranches().to_vec();

@@ -186,3 +186,56 @@ fn sigterm_right_after_ready_still_drains() {
     let status = daemon.terminate();
     assert!(status.success(), "{status:?}");
 }
+
+/// `GET /v1/tranches/{id}` shows only durable claims: a claim still waiting for its
+/// WAL sync (held back by a 100 ms group-commit window) is not counted, so a kill -9
+/// right after the answer cannot raise the remaining stock it showed.
+#[test]
+fn a_tranche_answer_never_shows_a_claim_a_crash_takes_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), &TestConfig::default());
+    let toml = std::fs::read_to_string(&path).expect("config");
+    let toml = toml.replacen("[regions]", "batch_window_us = 100000\n\n[regions]", 1);
+    std::fs::write(&path, toml).expect("write config");
+    let daemon = start_with_config_file(dir.path(), &path);
+    daemon.create_tranche("t1", &open_tranche_body(&tranche_quotas()));
+    let (county, lng, lat) = county_points()[0];
+    let remaining = |d: &Daemon| -> u64 {
+        let r = d.client().get("/v1/tranches/t1");
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["counties"]
+            .as_array()
+            .expect("counties")
+            .iter()
+            .find(|c| c["county"].as_str() == Some(county.to_string().as_str()))
+            .and_then(|c| c["remaining"].as_u64())
+            .expect("remaining")
+    };
+    let before = remaining(&daemon);
+
+    let public = daemon.public;
+    // Not acknowledged before the kill (or racing it): may or may not survive.
+    let claimer = std::thread::spawn(move || {
+        let body = claim_body("t1", "alice", "req-alice", lng, lat);
+        Client::new(public).try_request("POST", "/v1/claims", body.to_string().as_bytes())
+    });
+    let deadline = std::time::Instant::now() + STARTUP_DEADLINE;
+    let shown = loop {
+        let now_remaining = remaining(&daemon);
+        if now_remaining != before {
+            break now_remaining;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the claim never showed"
+        );
+    };
+    daemon.kill();
+    let _ = claimer.join().expect("claimer");
+    let daemon = start(dir.path(), &TestConfig::default());
+    assert_eq!(
+        remaining(&daemon),
+        shown,
+        "a tranche answer showed {shown} remaining, yet after kill -9 it is different"
+    );
+}

@@ -268,7 +268,7 @@ async fn route_public(
                 reply
             }
         },
-        (&Method::GET, ["v1", "tranches", id]) => public::tranche(app, id),
+        (&Method::GET, ["v1", "tranches", id]) => public::tranche(app, id).await,
         (&Method::GET, ["v1", "vouchers", id]) => public::voucher(app, id).await,
         (&Method::GET, ["v1", "vouchers", id, "code"]) => lifecycle::code(app, id).await,
         (&Method::POST, ["v1", "redemptions"]) => match read_body(app, request).await {
@@ -322,7 +322,7 @@ async fn route_admin(
                 Err(reply) => reply,
             }
         }
-        (&Method::GET, ["admin", "v1", "tranches", id]) => public::tranche(app, id),
+        (&Method::GET, ["admin", "v1", "tranches", id]) => public::tranche(app, id).await,
         (&Method::POST, ["admin", "v1", "tranches", id, "pause"]) => {
             admin::control(app, id, TrancheControl::Pause).await
         }

@@ -8,23 +8,30 @@ use super::wire::{OutcomeBody, TrancheBodyOut, VoucherBody};
 use crate::core::VoucherId;
 use crate::telemetry::Telemetry;
 
-pub fn tranche(app: &App, tranche_id: &str) -> Reply {
+pub async fn tranche(app: &App, tranche_id: &str) -> Reply {
     let Some(dispenser) = app.dispenser() else {
         return super::unavailable(app);
     };
     let now = app.now();
-    match dispenser.tranche(tranche_id, now) {
-        Some(view) => {
-            let mut body = TrancheBodyOut::from_view(&view, now);
-            // The partner-facing shape is flat: {tranche_id, state, ..., counties}.
-            body.server_time = crate::wire_time::format_beijing(now);
-            json(StatusCode::OK, &body)
-        }
-        None => json(
+    let Some((view, durability)) = dispenser.tranche_for_reader(tranche_id, now) else {
+        return json(
             StatusCode::NOT_FOUND,
             &OutcomeBody::outcome("unknown_tranche"),
-        ),
+        );
+    };
+    // Counts that include a claim not yet durable are not shown.
+    let durable = match durability {
+        Ok(durability) => durability.wait().await,
+        Err(crate::wal::AppendError::QueueFull { .. }) => return super::overloaded(),
+        Err(_) => false,
+    };
+    if !durable {
+        return super::unavailable(app);
     }
+    let mut body = TrancheBodyOut::from_view(&view, now);
+    // The partner-facing shape is flat: {tranche_id, state, ..., counties}.
+    body.server_time = crate::wire_time::format_beijing(now);
+    json(StatusCode::OK, &body)
 }
 
 pub async fn voucher(app: &App, id: &str) -> Reply {
