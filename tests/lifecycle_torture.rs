@@ -1377,14 +1377,27 @@ fn check(daemon: &Daemon, world: &World, workers: &mut [Worker], rng: &mut u64, 
         })
         .collect();
     let all = all || ledgers.iter().any(|(got, expected)| got != expected);
-    // issued + remaining = quota in every county.
+    // issued + remaining = quota in every county (of the current tranches and
+    // a sample of older ones; all at the end). The ledgers above already count
+    // every tranche's unclaimed stock to the fen.
+    let tranches: Vec<usize> = if all {
+        (0..world.tranches.len()).collect()
+    } else {
+        let mut t = world.current.clone();
+        t.extend(
+            (0..SAMPLE_CHECKS_PER_CYCLE.min(world.tranches.len()))
+                .map(|_| splitmix(rng) as usize % world.tranches.len()),
+        );
+        t
+    };
     let mut issued: HashMap<(usize, String), u32> = HashMap::new();
     for w in workers.iter() {
         for v in &w.vouchers {
             *issued.entry((v.tranche, v.county.to_string())).or_default() += 1;
         }
     }
-    for (t, tranche) in world.tranches.iter().enumerate() {
+    for t in tranches {
+        let tranche = &world.tranches[t];
         let view = public.get(&format!("/v1/tranches/{}", tranche.id)).json();
         for county in view["counties"].as_array().expect("counties") {
             let code = county["county"].as_str().expect("county").to_owned();
