@@ -1220,6 +1220,25 @@ impl Observed {
     }
 }
 
+/// Kills land mid-snapshot: their temporary files must not pile up. After a
+/// restart at most one is there (a snapshot being written right now), and no
+/// more published snapshots than are kept (plus one being published).
+fn check_disk(dir: &std::path::Path) {
+    let snapshots = voucherd::snapshot::directory(&dir.join("data"));
+    let names: Vec<String> = match std::fs::read_dir(&snapshots) {
+        Ok(entries) => entries
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => return,
+    };
+    let temporary = names.iter().filter(|n| n.ends_with(".snap.tmp")).count();
+    let published = names.iter().filter(|n| n.ends_with(".snap")).count();
+    assert!(
+        temporary <= 1 && published <= voucherd::snapshot::SNAPSHOTS_KEPT + 1,
+        "snapshot files pile up after crashes: {names:?}"
+    );
+}
+
 /// `GET /v1/{kind}s/{id}` of something acknowledged: it must be there.
 fn found(client: &mut Client, kind: &str, id: &str) -> Value {
     let got = client.get(&format!("/v1/{kind}s/{id}"));
@@ -1574,6 +1593,7 @@ fn kill_9_lifecycle_torture() {
         }
         observed.check(&daemon);
         ledger_reads += observed.reads;
+        check_disk(dir.path());
         resolve_in_flight(&daemon, &world, &mut workers);
         check(&daemon, &world, &mut workers, &mut rng, false);
         if cycle % CYCLES_PER_GENERATION == 0 {
