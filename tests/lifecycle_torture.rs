@@ -59,6 +59,8 @@ const MAX_ACKS_BEFORE_KILL: u64 = 110;
 /// Vouchers, redemptions and idempotent retries checked after each restart
 /// (everything after the last one).
 const SAMPLE_CHECKS_PER_CYCLE: usize = 25;
+/// A soak prints a progress line this often.
+const PROGRESS_EVERY_CYCLES: usize = 100;
 /// A restarted daemon must be ready within this.
 const RESTART_BOUND: Duration = Duration::from_secs(30);
 const BUDGET_FEN: u64 = 1_000_000_000;
@@ -1601,6 +1603,16 @@ fn kill_9_lifecycle_torture() {
         }
         let kill_after = 1 + (splitmix(&mut rng) % MAX_ACKS_BEFORE_KILL) as usize;
         observed = load_and_kill(daemon, &world, &mut workers, cycle, seed, kill_after);
+        if (cycle + 1) % PROGRESS_EVERY_CYCLES == 0 {
+            let acked: u64 = workers
+                .iter()
+                .map(|w| w.stats.claims + w.stats.redemptions + w.stats.revocations)
+                .sum();
+            println!(
+                "lifecycle torture: {} cycles done, {acked} claims, redemptions and revocations acknowledged so far",
+                cycle + 1
+            );
+        }
     }
     let started = Instant::now();
     let daemon = start(dir.path(), &config);
