@@ -329,6 +329,16 @@ fn recover(config: &Config, regions: RegionIndex) -> Result<(Dispenser, u64), i3
             return Err(EXIT_DATA_ERROR);
         }
     };
+    // The WAL's exclusive lock is held now: no other process writes snapshots here.
+    match snapshot::remove_temporary(&snapshots) {
+        Ok((0, _)) => {}
+        Ok((files, bytes)) => tracing::warn!(
+            files,
+            bytes,
+            "removed temporary snapshot files left by a crash while a snapshot was written"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot remove temporary snapshot files"),
+    }
     if report.last_seq < covered_seq {
         tracing::error!(
             covered_seq,

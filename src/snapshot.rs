@@ -119,25 +119,13 @@ pub fn write(
 ) -> Result<Option<PathBuf>, SnapshotError> {
     fs::create_dir_all(dir).map_err(io("create", dir))?;
     let path = dir.join(file_name(checkpoint.covered_seq));
-    let tmp = dir.join(format!("{}.tmp", file_name(checkpoint.covered_seq)));
-    let file = File::create(&tmp).map_err(io("create", &tmp))?;
-    let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
-    let (records, body_bytes, body_crc) =
-        write_body(&mut out, checkpoint).map_err(io("write", &tmp))?;
-    // The header goes last: it holds the counts. Seek back by rewriting the file head.
-    let mut file = out.into_inner().map_err(|e| SnapshotError::Io {
-        operation: "flush",
-        path: tmp.clone(),
-        source: e.into_error(),
-    })?;
-    let mut trailer = Vec::with_capacity(TRAILER_BYTES);
-    trailer.extend_from_slice(&body_crc.to_le_bytes());
-    trailer.extend_from_slice(TRAILER_MAGIC);
-    file.write_all(&trailer).map_err(io("write", &tmp))?;
-    let header = header(checkpoint.covered_seq, created_at, records, body_bytes);
-    write_at_start(&mut file, &header).map_err(io("write", &tmp))?;
-    file.sync_all().map_err(io("fsync", &tmp))?;
-    drop(file);
+    let tmp = dir.join(temporary_name(checkpoint.covered_seq));
+    if let Err(e) = write_temporary(&tmp, checkpoint, created_at) {
+        // A partial temporary file is never read: do not leave it (and its
+        // disk space, on a full disk) behind until the next start.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
     if !wait_durable(checkpoint.covered_seq) {
         let _ = fs::remove_file(&tmp);
         return Ok(None);
@@ -148,6 +136,72 @@ pub fn write(
         .map_err(io("fsync directory", dir))?;
     remove_old(dir)?;
     Ok(Some(path))
+}
+
+fn temporary_name(covered_seq: u64) -> String {
+    format!("{}.tmp", file_name(covered_seq))
+}
+
+/// Step 2: the whole snapshot into `tmp`, fsynced.
+fn write_temporary(
+    tmp: &Path,
+    checkpoint: &Checkpoint,
+    created_at: UnixMillis,
+) -> Result<(), SnapshotError> {
+    let file = File::create(tmp).map_err(io("create", tmp))?;
+    let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
+    let (records, body_bytes, body_crc) =
+        write_body(&mut out, checkpoint).map_err(io("write", tmp))?;
+    // The header goes last: it holds the counts. Seek back by rewriting the file head.
+    let mut file = out.into_inner().map_err(|e| SnapshotError::Io {
+        operation: "flush",
+        path: tmp.to_owned(),
+        source: e.into_error(),
+    })?;
+    let mut trailer = Vec::with_capacity(TRAILER_BYTES);
+    trailer.extend_from_slice(&body_crc.to_le_bytes());
+    trailer.extend_from_slice(TRAILER_MAGIC);
+    file.write_all(&trailer).map_err(io("write", tmp))?;
+    let header = header(checkpoint.covered_seq, created_at, records, body_bytes);
+    write_at_start(&mut file, &header).map_err(io("write", tmp))?;
+    file.sync_all().map_err(io("fsync", tmp))?;
+    Ok(())
+}
+
+/// Removes the temporary files of snapshots that were being written when
+/// the process died (a snapshot is published only by renaming its temporary
+/// file, so one left over is never read). Call it only while holding the
+/// data directory (the WAL's exclusive lock), so no live writer owns them.
+/// Returns how many files and bytes were removed.
+pub fn remove_temporary(dir: &Path) -> Result<(u64, u64), SnapshotError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(e) => return Err(io("list", dir)(e)),
+    };
+    let (mut files, mut bytes) = (0u64, 0u64);
+    for entry in entries {
+        let entry = entry.map_err(io("list", dir))?;
+        let name = entry.file_name();
+        let is_temporary = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".snap.tmp"))
+            .is_some_and(|seq| !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit()));
+        if !is_temporary {
+            continue;
+        }
+        let path = entry.path();
+        let len = entry.metadata().map_or(0, |m| m.len());
+        fs::remove_file(&path).map_err(io("remove", &path))?;
+        files += 1;
+        bytes += len;
+    }
+    if files > 0 {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("fsync directory", dir))?;
+    }
+    Ok((files, bytes))
 }
 
 fn write_at_start(file: &mut File, bytes: &[u8]) -> std::io::Result<()> {

@@ -716,6 +716,16 @@ fn expiry_refund_limit_and_unknown_ids_over_http() {
     );
 }
 
+/// A daemon whose group commit waits 100 ms for a batch to fill: a record
+/// stays unsynced that long, so a test can act in between.
+fn start_with_slow_commits(dir: &std::path::Path) -> Daemon {
+    let path = write_config(dir, &lifecycle_config());
+    let toml = std::fs::read_to_string(&path).expect("config");
+    let toml = toml.replacen("[regions]", "batch_window_us = 100000\n\n[regions]", 1);
+    std::fs::write(&path, toml).expect("write config");
+    start_with_config_file(dir, &path)
+}
+
 /// A ledger answer shows only money that is durable: a redemption still
 /// waiting for its WAL sync (held back here by a 100 ms group-commit window)
 /// is not in it, so a kill -9 right after the answer cannot take back what it
@@ -723,11 +733,7 @@ fn expiry_refund_limit_and_unknown_ids_over_http() {
 #[test]
 fn a_ledger_answer_never_shows_money_a_crash_takes_back() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = write_config(dir.path(), &lifecycle_config());
-    let toml = std::fs::read_to_string(&path).expect("config");
-    let toml = toml.replacen("[regions]", "batch_window_us = 100000\n\n[regions]", 1);
-    std::fs::write(&path, toml).expect("write config");
-    let daemon = start_with_config_file(dir.path(), &path);
+    let daemon = start_with_slow_commits(dir.path());
     merchants(&daemon);
     daemon.create_tranche("t1", &open_tranche_body(&[(420502, 10)]));
     let v = claim_one(&daemon, "t1", "alice");
@@ -757,5 +763,52 @@ fn a_ledger_answer_never_shows_money_a_crash_takes_back() {
     assert_eq!(
         after["redeemed_fen"], shown["redeemed_fen"],
         "a ledger answer showed {shown}, yet after kill -9 the ledger is {after}"
+    );
+}
+
+/// A refusal that cites another request's redemption (409 already_redeemed)
+/// is sent only once that redemption is durable, so a kill -9 right after it
+/// cannot make the voucher unused again. (Refusals used to be answered from
+/// memory at once.)
+#[test]
+fn already_redeemed_is_answered_only_once_the_redemption_is_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = start_with_slow_commits(dir.path());
+    merchants(&daemon);
+    daemon.create_tranche("t1", &open_tranche_body(&[(420502, 10)]));
+    let v = claim_one(&daemon, "t1", "alice");
+
+    let public = daemon.public;
+    let first = v.clone();
+    // Not acknowledged (the kill comes first, or its answer races the kill): may or may not survive.
+    let redeemer = std::thread::spawn(move || {
+        let body = json!({"voucher_id": first, "merchant_id": "m-xl-food", "order_id": "o-1", "order_amount_fen": 12_000});
+        Client::new(public).try_request("POST", "/v1/redemptions", body.to_string().as_bytes())
+    });
+    // Below the threshold: refused as such until the first redemption is
+    // applied, then as already_redeemed (the state check comes first).
+    let mut c = daemon.client();
+    let deadline = Instant::now() + STARTUP_DEADLINE;
+    loop {
+        let r = redeem(&mut c, ("voucher_id", &v), "m-xl-food", "o-2", 1);
+        match (r.status, r.json()["outcome"].as_str()) {
+            (409, Some("already_redeemed")) => break,
+            (422, Some("below_threshold")) => {}
+            _ => panic!("{}", r.text()),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first redemption never showed"
+        );
+    }
+    daemon.kill();
+    let _ = redeemer.join().expect("redeemer");
+    let daemon = start(dir.path(), &lifecycle_config());
+    let got = daemon.client().get(&format!("/v1/vouchers/{v}"));
+    assert_eq!(
+        got.json()["voucher"]["state"],
+        "redeemed",
+        "409 already_redeemed was answered, yet after kill -9 the voucher is {}",
+        got.text()
     );
 }

@@ -59,6 +59,8 @@ const MAX_ACKS_BEFORE_KILL: u64 = 110;
 /// Vouchers, redemptions and idempotent retries checked after each restart
 /// (everything after the last one).
 const SAMPLE_CHECKS_PER_CYCLE: usize = 25;
+/// A soak prints a progress line this often.
+const PROGRESS_EVERY_CYCLES: usize = 100;
 /// A restarted daemon must be ready within this.
 const RESTART_BOUND: Duration = Duration::from_secs(30);
 const BUDGET_FEN: u64 = 1_000_000_000;
@@ -1220,6 +1222,25 @@ impl Observed {
     }
 }
 
+/// Kills land mid-snapshot: their temporary files must not pile up. After a
+/// restart at most one is there (a snapshot being written right now), and no
+/// more published snapshots than are kept (plus one being published).
+fn check_disk(dir: &std::path::Path) {
+    let snapshots = voucherd::snapshot::directory(&dir.join("data"));
+    let names: Vec<String> = match std::fs::read_dir(&snapshots) {
+        Ok(entries) => entries
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => return,
+    };
+    let temporary = names.iter().filter(|n| n.ends_with(".snap.tmp")).count();
+    let published = names.iter().filter(|n| n.ends_with(".snap")).count();
+    assert!(
+        temporary <= 1 && published <= voucherd::snapshot::SNAPSHOTS_KEPT + 1,
+        "snapshot files pile up after crashes: {names:?}"
+    );
+}
+
 /// `GET /v1/{kind}s/{id}` of something acknowledged: it must be there.
 fn found(client: &mut Client, kind: &str, id: &str) -> Value {
     let got = client.get(&format!("/v1/{kind}s/{id}"));
@@ -1377,14 +1398,27 @@ fn check(daemon: &Daemon, world: &World, workers: &mut [Worker], rng: &mut u64, 
         })
         .collect();
     let all = all || ledgers.iter().any(|(got, expected)| got != expected);
-    // issued + remaining = quota in every county.
+    // issued + remaining = quota in every county (of the current tranches and
+    // a sample of older ones; all at the end). The ledgers above already count
+    // every tranche's unclaimed stock to the fen.
+    let tranches: Vec<usize> = if all {
+        (0..world.tranches.len()).collect()
+    } else {
+        let mut t = world.current.clone();
+        t.extend(
+            (0..SAMPLE_CHECKS_PER_CYCLE.min(world.tranches.len()))
+                .map(|_| splitmix(rng) as usize % world.tranches.len()),
+        );
+        t
+    };
     let mut issued: HashMap<(usize, String), u32> = HashMap::new();
     for w in workers.iter() {
         for v in &w.vouchers {
             *issued.entry((v.tranche, v.county.to_string())).or_default() += 1;
         }
     }
-    for (t, tranche) in world.tranches.iter().enumerate() {
+    for t in tranches {
+        let tranche = &world.tranches[t];
         let view = public.get(&format!("/v1/tranches/{}", tranche.id)).json();
         for county in view["counties"].as_array().expect("counties") {
             let code = county["county"].as_str().expect("county").to_owned();
@@ -1561,6 +1595,7 @@ fn kill_9_lifecycle_torture() {
         }
         observed.check(&daemon);
         ledger_reads += observed.reads;
+        check_disk(dir.path());
         resolve_in_flight(&daemon, &world, &mut workers);
         check(&daemon, &world, &mut workers, &mut rng, false);
         if cycle % CYCLES_PER_GENERATION == 0 {
@@ -1568,6 +1603,16 @@ fn kill_9_lifecycle_torture() {
         }
         let kill_after = 1 + (splitmix(&mut rng) % MAX_ACKS_BEFORE_KILL) as usize;
         observed = load_and_kill(daemon, &world, &mut workers, cycle, seed, kill_after);
+        if (cycle + 1) % PROGRESS_EVERY_CYCLES == 0 {
+            let acked: u64 = workers
+                .iter()
+                .map(|w| w.stats.claims + w.stats.redemptions + w.stats.revocations)
+                .sum();
+            println!(
+                "lifecycle torture: {} cycles done, {acked} claims, redemptions and revocations acknowledged so far",
+                cycle + 1
+            );
+        }
     }
     let started = Instant::now();
     let daemon = start(dir.path(), &config);

@@ -144,6 +144,34 @@ fn sigterm_writes_a_final_snapshot() {
     check_all_present(&daemon, "t1", &acked);
 }
 
+/// A kill -9 while a snapshot is written leaves its temporary file behind
+/// (snapshots are published only by rename). Restart removes such files;
+/// they used to pile up, a full copy of the state per crash mid-snapshot.
+#[test]
+fn restart_removes_the_temporary_files_a_crash_left() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = snapshot_config();
+    let daemon = start(dir.path(), &config);
+    daemon.create_tranche("t1", &open_tranche_body(&quotas()));
+    let acked = claim_concurrently(&daemon, "t1", "a", 100);
+    let covered = wait_for_snapshot(dir.path(), 50);
+    daemon.kill();
+    let snapshot_dir = snapshot::directory(&dir.path().join("data"));
+    // What a kill in the middle of writing a snapshot leaves.
+    let stale = snapshot_dir.join(format!("{:020}.snap.tmp", covered + 7));
+    std::fs::write(&stale, vec![0xa5u8; 64 << 10]).expect("write");
+    let unrelated = snapshot_dir.join("operator-notes.txt");
+    std::fs::write(&unrelated, "kept").expect("write");
+
+    let daemon = start(dir.path(), &config);
+    assert!(!stale.exists(), "the temporary file is removed at start");
+    assert!(unrelated.exists(), "other files are left alone");
+    let log = daemon.stderr_text();
+    assert!(log.contains("removed temporary snapshot files"), "{log}");
+    assert!(log.contains("snapshot loaded"), "{log}");
+    check_all_present(&daemon, "t1", &acked);
+}
+
 /// Every byte of a snapshot is covered by a checksum or a structural check:
 /// any single flipped bit, and any truncation, is refused, never applied.
 #[test]

@@ -130,23 +130,12 @@ pub async fn refund(app: &App, id: &str, body: &[u8]) -> Reply {
             RefundOutcome::UnknownRedemption => {
                 return outcome(StatusCode::NOT_FOUND, "unknown_redemption");
             }
-            RefundOutcome::Refused(RefundRefusal::RefundIdReused) => {
-                return outcome(StatusCode::UNPROCESSABLE_ENTITY, "refund_id_reused");
-            }
-            RefundOutcome::Refused(RefundRefusal::UnderInvestigation) => {
-                return outcome(StatusCode::CONFLICT, "under_investigation");
-            }
-            RefundOutcome::Refused(RefundRefusal::TooManyRefunds) => {
-                return outcome(StatusCode::CONFLICT, "too_many_refunds");
-            }
-            RefundOutcome::Refused(RefundRefusal::ExceedsOrder { refundable_fen }) => {
-                let mut body = OutcomeBody::outcome("exceeds_order");
-                body.refundable_fen = Some(refundable_fen);
-                body.error = Some(FieldError::new(
-                    "amount_fen",
-                    format!("at most {refundable_fen} fen of the order is left to refund"),
-                ));
-                return json(StatusCode::UNPROCESSABLE_ENTITY, &body);
+            RefundOutcome::Refused(refusal, durability) => {
+                // The refusal may cite refunds or a flag not yet synced.
+                if !durability.wait().await {
+                    return super::unavailable(app);
+                }
+                return refund_refused(refusal);
             }
             RefundOutcome::Unavailable(crate::wal::AppendError::QueueFull { .. }) => {
                 return super::overloaded();
@@ -163,6 +152,25 @@ pub async fn refund(app: &App, id: &str, body: &[u8]) -> Reply {
     body.refund = Some(RefundBodyOut::from_record(&record));
     body.redemption = Some(RedemptionBodyOut::from_view(&view));
     json(status, &body)
+}
+
+fn refund_refused(refusal: RefundRefusal) -> Reply {
+    match refusal {
+        RefundRefusal::RefundIdReused => {
+            outcome(StatusCode::UNPROCESSABLE_ENTITY, "refund_id_reused")
+        }
+        RefundRefusal::UnderInvestigation => outcome(StatusCode::CONFLICT, "under_investigation"),
+        RefundRefusal::TooManyRefunds => outcome(StatusCode::CONFLICT, "too_many_refunds"),
+        RefundRefusal::ExceedsOrder { refundable_fen } => {
+            let mut body = OutcomeBody::outcome("exceeds_order");
+            body.refundable_fen = Some(refundable_fen);
+            body.error = Some(FieldError::new(
+                "amount_fen",
+                format!("at most {refundable_fen} fen of the order is left to refund"),
+            ));
+            json(StatusCode::UNPROCESSABLE_ENTITY, &body)
+        }
+    }
 }
 
 /// `GET /admin/v1/campaigns/{id}/ledger`.
@@ -384,14 +392,24 @@ pub async fn redeem(app: &App, body: &[u8]) -> Reply {
     let (status, view, durability) = match dispenser.redeem(&input, facts, now) {
         RedeemOutcome::Redeemed(v, d) => (StatusCode::CREATED, v, d),
         RedeemOutcome::Replayed(v, d) => (StatusCode::OK, v, d),
-        RedeemOutcome::OrderIdReused => {
+        RedeemOutcome::OrderIdReused(durability) => {
+            // The earlier redemption of this order may not be synced yet.
+            if !durability.wait().await {
+                return super::unavailable(app);
+            }
             return outcome(StatusCode::UNPROCESSABLE_ENTITY, "order_id_reused");
         }
         RedeemOutcome::UnknownVoucher => return outcome(StatusCode::NOT_FOUND, "unknown_voucher"),
         RedeemOutcome::UnknownMerchant => {
             return outcome(StatusCode::NOT_FOUND, "unknown_merchant");
         }
-        RedeemOutcome::Refused(refusal) => return redeem_refused(refusal),
+        RedeemOutcome::Refused(refusal, durability) => {
+            // E.g. already_redeemed: the redemption it cites may not be synced yet.
+            if !durability.wait().await {
+                return super::unavailable(app);
+            }
+            return redeem_refused(refusal);
+        }
         RedeemOutcome::Unavailable(crate::wal::AppendError::QueueFull { .. }) => {
             return super::overloaded();
         }

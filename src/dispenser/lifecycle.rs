@@ -50,23 +50,28 @@ pub struct RedeemInput<'a> {
     pub entropy: u64,
 }
 
+/// What a redemption request came to. A refusal carries a durability too: it
+/// may cite state whose record is not yet synced (an earlier redemption of
+/// the voucher or the order, a revocation, a suspension), so the answer waits
+/// until the WAL is durable through everything appended before the decision.
 #[derive(Debug)]
 pub enum RedeemOutcome {
     Redeemed(RedemptionView, Durability),
     Replayed(RedemptionView, Durability),
-    OrderIdReused,
+    OrderIdReused(Durability),
     UnknownVoucher,
     UnknownMerchant,
-    Refused(RedeemRefusal),
+    Refused(RedeemRefusal, Durability),
     Unavailable(AppendError),
 }
 
+/// What a refund request came to; a refusal waits like a redemption's.
 #[derive(Debug)]
 pub enum RefundOutcome {
     Refunded(RedemptionView, RefundRecord, Durability),
     Replayed(RedemptionView, RefundRecord, Durability),
     UnknownRedemption,
-    Refused(RefundRefusal),
+    Refused(RefundRefusal, Durability),
     Unavailable(AppendError),
 }
 
@@ -146,7 +151,15 @@ impl Dispenser {
                     Err(e) => RedeemOutcome::Unavailable(e),
                 };
             }
-            OrderLookup::Reused => return RedeemOutcome::OrderIdReused,
+            OrderLookup::Reused => {
+                let seq = self.newest_seq();
+                drop(book);
+                drop(orders);
+                return match self.durability(seq) {
+                    Ok(d) => RedeemOutcome::OrderIdReused(d),
+                    Err(e) => RedeemOutcome::Unavailable(e),
+                };
+            }
             OrderLookup::New => {}
         }
         let Some(merchant) = merchant else {
@@ -163,7 +176,15 @@ impl Dispenser {
         };
         let event = match book.decide_redeem(&command, now) {
             Ok(e) => e,
-            Err(refusal) => return RedeemOutcome::Refused(refusal),
+            Err(refusal) => {
+                let seq = self.newest_seq();
+                drop(book);
+                drop(orders);
+                return match self.durability(seq) {
+                    Ok(d) => RedeemOutcome::Refused(refusal, d),
+                    Err(e) => RedeemOutcome::Unavailable(e),
+                };
+            }
         };
         let random = event.redemption_random;
         let event = Event::VoucherRedeemed(event);
@@ -218,7 +239,14 @@ impl Dispenser {
             .refund_policy;
         drop(catalog);
         match book.decide_refund(index, refund_id, amount_fen, policy, now) {
-            Err(refusal) => RefundOutcome::Refused(refusal),
+            Err(refusal) => {
+                let seq = self.newest_seq();
+                drop(book);
+                match self.durability(seq) {
+                    Ok(d) => RefundOutcome::Refused(refusal, d),
+                    Err(e) => RefundOutcome::Unavailable(e),
+                }
+            }
             Ok(RefundDecision::Replay(record)) => {
                 let view = redemption_view(&book, index);
                 let seq = self.newest_seq();
