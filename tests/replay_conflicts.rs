@@ -592,3 +592,43 @@ fn inputs_found_by_fuzzing_are_refused_without_a_panic() {
         assert!(message.contains(expected), "{file}: {message}");
     }
 }
+
+/// A campaign's refund policy may change between two refunds of one redemption: a pro-rata
+/// refund returns part of the voucher's value, then under `restore_if_valid` the full refund
+/// restores it. The live core decides that, so replay applies it; what replay refuses is only a
+/// refund whose money the tranche does not have (where the core's bucket would go negative).
+#[test]
+fn a_restore_after_a_partial_return_replays_and_overdrafts_are_refused() {
+    let mut events = history();
+    events.push(Event::VoucherRedeemed(redeem(12, 22, "o-2")));
+    events.push(Event::RedemptionRefunded(refund(21, "f-1", 1_000, 100)));
+    let mut restore = refund(21, "f-2", 1_000, 0);
+    restore.restored = true;
+    events.push(Event::RedemptionRefunded(restore));
+    let mut recovered = replayed(&events);
+    recovered.check_ledgers().expect("adds up");
+    recovered.check_invariants();
+
+    // Redeemed now holds 400 fen (1,000 - 100 returned - 500 restored); returning u2's whole
+    // 500 fen would take it below zero.
+    let overdraft = Event::RedemptionRefunded(refund(22, "f-3", 2_000, FACE_FEN));
+    let seq = events.len() as u64 + 1;
+    let error = recovered
+        .apply(
+            seq,
+            journal::kind_of(&overdraft),
+            &journal::encode(&overdraft),
+        )
+        .expect_err("refused");
+    assert!(
+        matches!(
+            error,
+            ReplayError::Conflict {
+                conflict: ReplayConflict::RefundMoney("returns more than the tranche has redeemed"),
+                ..
+            }
+        ),
+        "{error}"
+    );
+    recovered.check_invariants();
+}

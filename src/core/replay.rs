@@ -387,13 +387,24 @@ impl TrancheBook {
                 "returns more than the voucher was worth",
             ));
         }
+        // The tranche's redeemed money pays what the refund returns (it can
+        // fall short of the redemptions' own sums after a policy change: see below).
+        if e.returned_fen > self.money.redeemed_fen {
+            return Err(ReplayConflict::RefundMoney(
+                "returns more than the tranche has redeemed",
+            ));
+        }
         if e.restored {
             if e.amount_fen != refundable_fen {
                 return Err(ReplayConflict::RefundMoney("restores on a partial refund"));
             }
-            if r.returned_fen != 0 {
+            // A restore moves the whole face value back to outstanding. The
+            // live core can restore after an earlier pro-rata refund returned
+            // part of it (the campaign's policy changed in between), so only
+            // what applying needs is required: that much is redeemed.
+            if self.money.redeemed_fen < face {
                 return Err(ReplayConflict::RefundMoney(
-                    "restores a voucher whose value was partly returned",
+                    "restores more than the tranche has redeemed",
                 ));
             }
             if self.expired_settled {
@@ -433,18 +444,23 @@ impl TrancheBook {
                 });
             }
         }
+        let face = self.spec.face_value_fen;
+        let mut still_redeemed_fen = 0u64;
         for random in &e.flagged {
             let index = *self
                 .voucher_by_random
                 .get(random)
                 .ok_or(ReplayConflict::UnknownVoucher(*random))?;
-            let flaggable = self.status[index as usize]
+            let redemption = self.status[index as usize]
                 .redemption
                 .map(|r| &self.redemptions[r as usize])
-                .is_some_and(|r| r.active && !r.flagged);
-            if !flaggable {
-                return Err(ReplayConflict::NotFlaggable(*random));
-            }
+                .filter(|r| r.active && !r.flagged)
+                .ok_or(ReplayConflict::NotFlaggable(*random))?;
+            // Flagging moves what is still redeemed of it to `revoked`.
+            still_redeemed_fen = still_redeemed_fen.saturating_add(face - redemption.returned_fen);
+        }
+        if still_redeemed_fen > self.money.redeemed_fen {
+            return Err(ReplayConflict::NotFlaggable(e.flagged[0]));
         }
         Ok(())
     }
