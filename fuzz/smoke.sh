@@ -27,7 +27,7 @@ scratch="$(mktemp -d)"
 if [ -d /dev/shm ]; then shm="$(mktemp -d -p /dev/shm)"; else shm="$scratch/shm"; mkdir "$shm"; fi
 export VOUCHERD_FUZZ_SCRATCH="$shm"
 trap 'rm -rf "$scratch" "$shm"' EXIT
-for target in wal_frame_decode journal_decode claim_body wal_replay; do
+for target in wal_frame_decode journal_decode claim_body wal_replay snapshot_load; do
   dict=()
   case "$target" in
     claim_body) dict=(-dict=dict/claim_body.dict) ;;
@@ -48,4 +48,4 @@ for target in wal_frame_decode journal_decode claim_body wal_replay; do
     exit "$status"
   fi
 done
-echo "fuzz smoke: 4 targets ran ${seconds}s each with no crash"
+echo "fuzz smoke: 5 targets ran ${seconds}s each with no crash"

@@ -347,6 +347,10 @@ fn recover(config: &Config, regions: RegionIndex) -> Result<(Dispenser, u64), i3
         );
         return Err(EXIT_DATA_ERROR);
     }
+    if let Err(e) = recovered.check_ledgers() {
+        tracing::error!(error = %e, "the recovered state does not add up; refusing to start");
+        return Err(EXIT_DATA_ERROR);
+    }
     Telemetry::replay_finished(tail_records, report.truncated_tail_bytes, started.elapsed());
     tracing::info!(
         wal_records = report.records,

@@ -25,6 +25,7 @@
 //! merchants lock while holding a tranche lock (a checkpoint holds the
 //! merchants' read lock while it takes every tranche lock).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock, RwLockUpgradableReadGuard};
@@ -47,7 +48,8 @@ pub use lifecycle::{
 };
 
 use crate::core::lifecycle::{Ledger, TrancheMoney, VoucherState};
-use crate::core::orders::{OrderBook, OrderEntry};
+use crate::core::orders::{OrderBook, OrderEntry, OrderLookup};
+use crate::core::replay::{ReplayConflict, check_ledger};
 use crate::journal;
 use crate::snapshot::{Checkpoint, TrancheCapture};
 use crate::wal::{AppendError, Wal};
@@ -219,6 +221,16 @@ pub enum ReplayError {
     },
     #[error("record {seq}: {reason}")]
     Inconsistent { seq: u64, reason: String },
+    /// A record the core could not have decided on the state before it.
+    #[error("record {seq} ({}): {conflict}", journal::kind_name(*kind))]
+    Conflict {
+        seq: u64,
+        kind: u8,
+        conflict: ReplayConflict,
+    },
+    /// The state as a whole does not add up (see [`Recovered::check_ledgers`]).
+    #[error("rebuilt state: {0}")]
+    State(ReplayConflict),
 }
 
 /// What an import, or its dry run, amounts to.
@@ -330,78 +342,151 @@ impl Recovered {
         Ok(())
     }
 
-    /// Applies one WAL record. Decided events are facts: they are applied, not re-decided.
+    /// Applies one WAL or snapshot record. Decided events are facts: they are
+    /// applied, not re-decided; but the bytes come from disk, so each event is
+    /// first checked to be one the core could have decided on the state so far
+    /// (`core::replay`). One that is not is refused with
+    /// [`ReplayError::Conflict`] and nothing of it is applied.
     pub fn apply(&mut self, seq: u64, kind: u8, payload: &[u8]) -> Result<(), ReplayError> {
         let event =
             journal::decode(kind, payload).map_err(|source| ReplayError::Decode { seq, source })?;
-        let inconsistent = |reason: String| ReplayError::Inconsistent { seq, reason };
+        let conflict = |conflict: ReplayConflict| ReplayError::Conflict {
+            seq,
+            kind,
+            conflict,
+        };
         self.records += 1;
         match event {
-            Event::CampaignDefined(spec) => self.catalog.apply_campaign(&spec),
+            Event::CampaignDefined(spec) => {
+                self.catalog
+                    .decide_campaign(&spec)
+                    .map_err(|_| conflict(ReplayConflict::TooManyCampaigns))?;
+                self.catalog.apply_campaign(&spec);
+            }
             Event::TrancheDefined { ordinal, spec } => {
                 spec.validate()
-                    .map_err(|e| inconsistent(format!("invalid tranche spec: {e:?}")))?;
-                let len = self.catalog.tranches().len() as u64;
-                if u64::from(ordinal) == len {
+                    .map_err(|e| conflict(ReplayConflict::InvalidSpec(format!("{e:?}"))))?;
+                if self.catalog.check_campaign(&spec.campaign_id).is_err() {
+                    return Err(conflict(ReplayConflict::UnknownCampaign(spec.campaign_id)));
+                }
+                let next = u32::try_from(self.catalog.tranches().len()).unwrap_or(u32::MAX);
+                if ordinal == next {
+                    if self.catalog.tranche(&spec.tranche_id).is_some() {
+                        return Err(conflict(ReplayConflict::TrancheIdTaken(spec.tranche_id)));
+                    }
+                    self.catalog
+                        .decide_new_tranche(&spec.campaign_id)
+                        .map_err(|_| conflict(ReplayConflict::TooManyTranches))?;
                     let id = spec.tranche_id.clone();
                     let book = TrancheBook::new(ordinal, spec, self.digest_key, seq);
                     self.catalog
                         .apply_new_tranche(ordinal, &id, Arc::new(Mutex::new(book)));
                 } else {
                     let shard = self.catalog.tranche_by_ordinal(ordinal).ok_or_else(|| {
-                        inconsistent(format!("tranche ordinal {ordinal} skips ahead of {len}"))
+                        conflict(ReplayConflict::OrdinalSkipsAhead { ordinal, next })
                     })?;
                     let mut book = shard.lock();
-                    if book.spec().tranche_id != spec.tranche_id || book.voucher_count() != 0 {
-                        return Err(inconsistent(format!(
-                            "redefinition of ordinal {ordinal} does not fit"
-                        )));
+                    if book.spec().tranche_id != spec.tranche_id {
+                        return Err(conflict(ReplayConflict::OrdinalOfAnotherTranche {
+                            ordinal,
+                        }));
                     }
-                    book.apply_event(Arc::new(Event::TrancheDefined { ordinal, spec }), seq);
+                    let event = Event::TrancheDefined { ordinal, spec };
+                    book.check_event(&event, seq).map_err(conflict)?;
+                    book.apply_event(Arc::new(event), seq);
                 }
             }
             Event::VoucherClaimed(claim) => {
-                let shard = self
-                    .catalog
-                    .tranche(&claim.tranche_id)
-                    .ok_or_else(|| inconsistent(format!("unknown tranche {}", claim.tranche_id)))?;
-                // The core asserts quota, dedupe and ID uniqueness: a CRC-valid
-                // record that breaks them is a bug, and the daemon must crash.
-                shard.lock().replay_claim(claim, seq);
+                let shard = self.catalog.tranche(&claim.tranche_id).ok_or_else(|| {
+                    conflict(ReplayConflict::UnknownTranche(claim.tranche_id.clone()))
+                })?;
+                shard.lock().replay_claim(claim, seq).map_err(conflict)?;
             }
             event @ (Event::MerchantsImported(_) | Event::MerchantStatusChanged(_)) => {
                 self.apply_merchant_event(seq, event)?;
             }
             event => {
-                let tranche_id = event.tranche_id().unwrap_or_default().to_owned();
-                let shard = self
-                    .catalog
-                    .tranche(&tranche_id)
-                    .ok_or_else(|| inconsistent(format!("unknown tranche {tranche_id}")))?;
+                let tranche_id = event.tranche_id().unwrap_or_default();
+                let shard = self.catalog.tranche(tranche_id).ok_or_else(|| {
+                    conflict(ReplayConflict::UnknownTranche(tranche_id.to_owned()))
+                })?;
                 let mut book = shard.lock();
-                let redeemed = match &event {
-                    Event::VoucherRedeemed(r) => Some((
-                        r.merchant_id.clone(),
-                        r.order_id.clone(),
-                        r.redemption_random,
-                    )),
-                    _ => None,
-                };
-                book.apply_event(Arc::new(event), seq);
-                if let Some((merchant_id, order_id, random)) = redeemed {
-                    let index = book.redemption_index(random).expect("just applied");
-                    let r = book.redemption(index);
+                book.check_event(&event, seq).map_err(conflict)?;
+                if let Event::VoucherRedeemed(r) = &event {
+                    let earlier = self.orders.lookup(
+                        &r.merchant_id,
+                        &r.order_id,
+                        book.ordinal(),
+                        r.voucher_random,
+                        r.order_amount_fen,
+                    );
+                    if earlier != OrderLookup::New {
+                        return Err(conflict(ReplayConflict::OrderRedeemedTwice));
+                    }
+                }
+                let event = Arc::new(event);
+                book.apply_event(Arc::clone(&event), seq);
+                if let Event::VoucherRedeemed(r) = &*event {
+                    let index = book
+                        .redemption_index(r.redemption_random)
+                        .expect("just applied");
                     let entry = OrderEntry {
                         tranche_ordinal: book.ordinal(),
                         redemption_index: index,
-                        voucher_random: r.event.voucher_random,
-                        order_amount_fen: r.event.order_amount_fen,
+                        voucher_random: r.voucher_random,
+                        order_amount_fen: r.order_amount_fen,
                     };
-                    self.orders.record(&merchant_id, &order_id, entry);
+                    self.orders.record(&r.merchant_id, &r.order_id, entry);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Checks what no single record can: every campaign's money adds up
+    /// (its tranches released no more than its budget, and drew no more from
+    /// its pool than was returned to it). Run once the state is complete:
+    /// after a snapshot and after the WAL.
+    pub fn check_ledgers(&self) -> Result<(), ReplayError> {
+        let mut money = self.money_by_campaign();
+        for campaign in self.catalog.campaigns() {
+            let tranches = money.remove(&campaign.campaign_id).unwrap_or_default();
+            check_ledger(&campaign.campaign_id, campaign.budget_fen, &tranches)
+                .map_err(ReplayError::State)?;
+        }
+        match money.into_keys().next() {
+            Some(campaign_id) => Err(ReplayError::State(ReplayConflict::UnknownCampaign(
+                campaign_id,
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// Asserts every invariant of the rebuilt state (as the daemon does
+    /// before it serves). After records that passed their checks and
+    /// [`Self::check_ledgers`], a failure here is a bug.
+    pub fn check_invariants(&self) {
+        for shard in self.catalog.tranches() {
+            shard.lock().check_invariants();
+        }
+        self.merchants.check_invariants();
+        let money = self.money_by_campaign();
+        for campaign in self.catalog.campaigns() {
+            let tranches = money.get(&campaign.campaign_id);
+            Ledger::of(campaign.budget_fen, tranches.into_iter().flatten());
+        }
+    }
+
+    fn money_by_campaign(&self) -> HashMap<String, Vec<TrancheMoney>> {
+        let mut money: HashMap<String, Vec<TrancheMoney>> = HashMap::new();
+        for shard in self.catalog.tranches() {
+            let book = shard.lock();
+            money
+                .entry(book.spec().campaign_id.clone())
+                .or_default()
+                .push(*book.money());
+        }
+        money
     }
 }
 
@@ -425,10 +510,7 @@ impl Dispenser {
         regions: RegionIndex,
         wal: Wal,
     ) -> Dispenser {
-        for shard in recovered.catalog.tranches() {
-            shard.lock().check_invariants();
-        }
-        recovered.merchants.check_invariants();
+        recovered.check_invariants();
         // An import whose last part is not in the log was never answered: drop it.
         recovered.abandoned_import_parts += u64::from(recovered.merchant_parts.abandon());
         if recovered.abandoned_import_parts > 0 {

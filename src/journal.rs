@@ -63,6 +63,24 @@ pub enum DecodeError {
     TrailingBytes(usize),
 }
 
+/// The name of a record kind, as the operator tools print it.
+pub fn kind_name(kind: u8) -> &'static str {
+    match kind {
+        KIND_CAMPAIGN_DEFINED => "campaign_defined",
+        KIND_TRANCHE_DEFINED => "tranche_defined",
+        KIND_TRANCHE_CONTROLLED => "tranche_controlled",
+        KIND_VOUCHER_CLAIMED => "voucher_claimed",
+        KIND_MERCHANTS_IMPORTED => "merchants_imported",
+        KIND_MERCHANT_STATUS_CHANGED => "merchant_status_changed",
+        KIND_VOUCHER_REDEEMED => "voucher_redeemed",
+        KIND_REDEMPTION_REFUNDED => "redemption_refunded",
+        KIND_TRANCHE_SETTLED => "tranche_settled",
+        KIND_VOUCHERS_REVOKED => "vouchers_revoked",
+        KIND_POOL_DRAWN => "pool_drawn",
+        _ => "unknown kind",
+    }
+}
+
 /// The record kind for an event.
 pub fn kind_of(event: &Event) -> u8 {
     match event {

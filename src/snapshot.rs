@@ -84,9 +84,12 @@ pub enum SnapshotError {
     },
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
-    #[error("{path}: {source}")]
+    /// The snapshot verified, but record number `record` (from 0; the record
+    /// count when the state as a whole does not add up) cannot be applied.
+    #[error("{path}: snapshot record {record}: {source}")]
     Apply {
         path: PathBuf,
+        record: u64,
         #[source]
         source: ReplayError,
     },
@@ -285,6 +288,33 @@ impl<W: Write> BodyWriter<'_, W> {
     }
 }
 
+/// A whole snapshot file, in memory, holding `records` (kind, seq, payload)
+/// as they are: no check that they decode or apply. For tests and the fuzz
+/// harness, which need files with valid framing around arbitrary content.
+pub fn encode_records<'a>(
+    covered_seq: u64,
+    created_at: UnixMillis,
+    records: impl IntoIterator<Item = (u8, u64, &'a [u8])>,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&[0u8; HEADER_BYTES]);
+    let mut body = BodyWriter {
+        out: &mut out,
+        records: 0,
+        bytes: 0,
+        crc: 0,
+    };
+    for (kind, seq, payload) in records {
+        body.record(kind, seq, payload)
+            .expect("a record fits in memory and in u32");
+    }
+    let (records, body_bytes, body_crc) = (body.records, body.bytes, body.crc);
+    out.extend_from_slice(&body_crc.to_le_bytes());
+    out.extend_from_slice(TRAILER_MAGIC);
+    out[..HEADER_BYTES].copy_from_slice(&header(covered_seq, created_at, records, body_bytes));
+    out
+}
+
 fn header(
     covered_seq: u64,
     created_at: UnixMillis,
@@ -384,27 +414,64 @@ pub fn verify(path: &Path, bytes: Vec<u8>) -> Result<Verified, SnapshotError> {
 }
 
 impl Verified {
-    /// Applies every record to `recovered`.
+    /// The records as stored: (kind, seq, payload), in order. Nothing is decoded.
+    pub fn records(&self) -> impl Iterator<Item = (u8, u64, &[u8])> {
+        let body_end = self.bytes.len() - TRAILER_BYTES;
+        let mut body = &self.bytes[HEADER_BYTES..body_end];
+        std::iter::from_fn(move || {
+            // `verify` walked the body: every record head and payload is whole.
+            let head = body.get(..RECORD_HEAD_BYTES)?;
+            let kind = head[0];
+            let seq = u64::from_le_bytes(le8(&head[1..]));
+            let len = u32::from_le_bytes(le4(&head[9..])) as usize;
+            let payload = body.get(RECORD_HEAD_BYTES..RECORD_HEAD_BYTES + len)?;
+            body = &body[RECORD_HEAD_BYTES + len..];
+            Some((kind, seq, payload))
+        })
+    }
+
+    /// Applies every record to `recovered`, then checks that the state adds
+    /// up as a whole. A record that does not decode, that names a seq past
+    /// `covered_seq`, or that the core could not have decided on the state
+    /// before it is refused with its position (`recovered` then holds part of
+    /// the snapshot and must be dropped).
     pub fn apply(self, recovered: &mut Recovered) -> Result<Loaded, SnapshotError> {
         let body_end = self.bytes.len() - TRAILER_BYTES;
+        let covered_seq = self.covered_seq;
         let mut failure = None;
+        let mut index = 0u64;
         let walked = walk(&self.bytes[HEADER_BYTES..body_end], |kind, seq, payload| {
+            if seq > covered_seq {
+                return Err(format!(
+                    "record {index} has seq {seq}, past the covered seq {covered_seq}"
+                ));
+            }
             recovered.apply(seq, kind, payload).map_err(|e| {
                 let text = e.to_string();
-                failure = Some(e);
+                failure = Some((index, e));
                 text
-            })
+            })?;
+            index += 1;
+            Ok(())
         });
         if let Err(reason) = walked {
             return Err(match failure {
-                Some(source) => SnapshotError::Apply {
+                Some((record, source)) => SnapshotError::Apply {
                     path: self.path,
+                    record,
                     source,
                 },
                 None => SnapshotError::Invalid {
                     path: self.path,
                     reason,
                 },
+            });
+        }
+        if let Err(source) = recovered.check_ledgers() {
+            return Err(SnapshotError::Apply {
+                path: self.path,
+                record: self.records,
+                source,
             });
         }
         Ok(Loaded {

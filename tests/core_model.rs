@@ -312,15 +312,17 @@ fn replay_rebuilds_identical_state() {
         if let ClaimDecision::Issue { event, digests } =
             live.decide_claim(&command, UnixMillis(1_500))
         {
-            events.push((u64::from(i), event.clone()));
-            live.apply_claim(std::sync::Arc::new(event), &digests, u64::from(i));
+            // The definition is seq 0; each claim record comes after it.
+            let seq = u64::from(i) + 1;
+            events.push((seq, event.clone()));
+            live.apply_claim(std::sync::Arc::new(event), &digests, seq);
         }
     }
     assert_eq!(events.len(), 15, "three counties of five");
     // A different process has a different digest key; state must not depend on it.
     let mut replayed = TrancheBook::new(0, spec(&[5, 5, 5]), DigestKey::new(9, 9), 0);
     for (seq, event) in events {
-        replayed.replay_claim(event, seq);
+        replayed.replay_claim(event, seq).expect("replays");
     }
     replayed.check_invariants();
     assert!(replayed.vouchers().eq(live.vouchers()));

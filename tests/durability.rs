@@ -239,3 +239,74 @@ fn a_tranche_answer_never_shows_a_claim_a_crash_takes_back() {
         "a tranche answer showed {shown} remaining, yet after kill -9 it is different"
     );
 }
+
+/// A record whose checksums are valid but whose content the core could not have decided (here
+/// a claim in a county whose quota is used up, appended through the WAL's own writer) is
+/// refused with the record and the reason: the daemon exits 65 instead of panicking on the
+/// core's over-issue assertion, and `voucherd wal verify` says the same.
+#[test]
+fn a_crc_valid_record_with_impossible_content_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = TestConfig::default();
+    let daemon = start(dir.path(), &config);
+    let (county, lng, lat) = county_points()[0];
+    daemon.create_tranche("t1", &open_tranche_body(&[(county, 1)]));
+    let mut c = daemon.client();
+    assert_eq!(c.claim(&claim_body("t1", "u1", "r1", lng, lat)).status, 201);
+    daemon.kill();
+
+    let wal_dir = dir.path().join("data/wal");
+    let mut options = wal::WalOptions::new(&wal_dir);
+    options.segment_size_bytes = config.segment_size_bytes;
+    options.max_batch_bytes = 1 << 20;
+    let (log, report) = wal::open(options, |_| Ok::<(), ()>(())).expect("open the WAL");
+    let intruder = voucherd::core::VoucherClaimed {
+        tranche_id: "t1".into(),
+        voucher_random: 0x77,
+        county: voucherd::core::CountyCode(county),
+        claimed_at: voucherd::core::UnixMillis(1),
+        user_id: "intruder".into(),
+        id_hash: None,
+        phone_hash: None,
+        device_id: None,
+        request_id: "r-intruder".into(),
+        request_fingerprint: 1,
+        location: voucherd::core::Location {
+            lng,
+            lat,
+            crs: voucherd::core::Crs::Gcj02,
+        },
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let seq = log
+        .append(
+            voucherd::journal::KIND_VOUCHER_CLAIMED,
+            voucherd::journal::encode_claim(&intruder),
+            tx,
+        )
+        .expect("append");
+    assert_eq!(seq, report.last_seq + 1);
+    rx.blocking_recv().expect("durable");
+    log.shutdown();
+    drop(log);
+
+    let (code, stderr) = run_expecting_exit(&dir.path().join("voucherd.toml"));
+    assert_eq!(code, Some(65), "{stderr}");
+    assert!(stderr.contains("refusing to start"), "{stderr}");
+    let reason = format!("record {seq} (voucher_claimed): over-issue in county {county} (quota 1)");
+    assert!(stderr.contains(&reason), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_voucherd"))
+        .args(["wal", "verify"])
+        .arg(&wal_dir)
+        .output()
+        .expect("run wal verify");
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert_eq!(verify.status.code(), Some(65), "{out}");
+    assert!(out.contains(&reason), "{out}");
+}

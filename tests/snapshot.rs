@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use support::*;
-use voucherd::snapshot;
+use voucherd::{journal, snapshot};
 
 fn snapshot_config() -> TestConfig {
     TestConfig {
@@ -209,4 +209,63 @@ fn verification_refuses_every_flipped_bit_and_truncation() {
         "snapshot of {} bytes: {checked} flipped bits refused",
         good.len()
     );
+}
+
+/// A snapshot whose checksums are valid but whose content the core could not have decided
+/// (here the last claim rewritten to an identity that already holds a voucher) stops the
+/// start with exit 65, naming the file, the record and the reason. It is not skipped like a
+/// damaged one: it was written whole, so the state it came from is in question, and the
+/// operator decides (move it aside to recover from the full WAL).
+#[test]
+fn a_snapshot_with_impossible_content_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = start(dir.path(), &TestConfig::default());
+    daemon.create_tranche("t1", &open_tranche_body(&quotas()));
+    claim_concurrently(&daemon, "t1", "a", 5);
+    assert!(daemon.terminate().success());
+    let (_, path) = snapshots(dir.path())
+        .into_iter()
+        .next()
+        .expect("a snapshot");
+    let verified =
+        snapshot::verify(&path, std::fs::read(&path).expect("read")).expect("it verifies");
+    let covered_seq = verified.covered_seq;
+    let mut records: Vec<(u8, u64, Vec<u8>)> = verified
+        .records()
+        .map(|(kind, seq, payload)| (kind, seq, payload.to_vec()))
+        .collect();
+    let claims: Vec<usize> = (0..records.len())
+        .filter(|&i| records[i].0 == journal::KIND_VOUCHER_CLAIMED)
+        .collect();
+    assert_eq!(claims.len(), 5);
+    let decode_claim =
+        |(kind, _, payload): &(u8, u64, Vec<u8>)| match journal::decode(*kind, payload) {
+            Ok(voucherd::core::Event::VoucherClaimed(c)) => c,
+            other => panic!("not a claim: {other:?}"),
+        };
+    let first = decode_claim(&records[claims[0]]);
+    let last = *claims.last().expect("claims");
+    let mut twice = decode_claim(&records[last]);
+    twice.user_id = first.user_id.clone();
+    records[last].2 = journal::encode_claim(&twice);
+    let bytes = snapshot::encode_records(
+        covered_seq,
+        voucherd::core::UnixMillis(0),
+        records.iter().map(|(k, s, p)| (*k, *s, p.as_slice())),
+    );
+    std::fs::write(&path, bytes).expect("write");
+
+    let (code, stderr) = run_expecting_exit(&dir.path().join("voucherd.toml"));
+    assert_eq!(code, Some(65), "{stderr}");
+    assert!(
+        stderr.contains("cannot load the snapshot; refusing to start"),
+        "{stderr}"
+    );
+    let reason = format!(
+        "snapshot record {last}: record {} (voucher_claimed): an identity key already holds a voucher",
+        records[last].1
+    );
+    assert!(stderr.contains(&reason), "{stderr}");
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -695,16 +695,42 @@ fn verify_and_dump_span_segments_and_refuse_a_damaged_sealed_one() {
 #[test]
 fn verify_replays_records_as_serve_would() {
     // Each log passes every checksum, but `serve` could not replay it.
-    let cases: [(&str, Vec<Event>, &str); 2] = [
+    let campaign = events(0)[0].clone();
+    let cases: [(&str, Vec<Event>, &str); 4] = [
         (
             "claim on an undefined tranche",
             vec![claim("nowhere", 0)],
-            "cannot replay record 1: unknown tranche nowhere",
+            "cannot replay record 1 (voucher_claimed): unknown tranche nowhere",
+        ),
+        (
+            "tranche of an undefined campaign",
+            vec![define_tranche("t", 0, 1)],
+            "cannot replay record 1 (tranche_defined): unknown campaign c1",
         ),
         (
             "over-issue",
-            vec![define_tranche("t", 0, 1), claim("t", 0), claim("t", 1)],
-            "broke a core invariant",
+            vec![
+                campaign.clone(),
+                define_tranche("t", 0, 1),
+                claim("t", 0),
+                claim("t", 1),
+            ],
+            "cannot replay record 4 (voucher_claimed): over-issue in county",
+        ),
+        (
+            // Every record fits, but the tranche releases more than the budget.
+            "over budget",
+            vec![
+                Event::CampaignDefined(CampaignSpec {
+                    budget_fen: 1,
+                    ..match campaign {
+                        Event::CampaignDefined(spec) => spec,
+                        _ => unreachable!(),
+                    }
+                }),
+                define_tranche("t", 0, 1),
+            ],
+            "cannot replay: rebuilt state: campaign c1: tranches released 2000 fen of a budget of 1 fen",
         ),
     ];
     for (name, events, expected) in cases {

@@ -180,3 +180,84 @@ pub fn encode_batch(first_seq: u64, records: &[(u8, &[u8])]) -> Vec<u8> {
     buf.truncate(len);
     buf
 }
+
+/// Flag bit of a `snapshot_load` input: the rest is a stream of records (`kind u8 | seq u64 |
+/// payload length u32 | payload`, the snapshot body format; a length past the end is cut to
+/// what remains) that the harness frames as a snapshot file with a valid header, record count,
+/// body length and checksums, so the fuzzer explores the content past the checksums. Without
+/// it, the rest is the whole file.
+pub const SNAP_FLAG_RESEAL: u8 = 1 << 0;
+/// With [`SNAP_FLAG_RESEAL`]: the first 8 bytes of the rest (little-endian) are the snapshot's
+/// covered seq. Without it the covered seq is the largest record seq.
+pub const SNAP_FLAG_COVERED_SEQ: u8 = 1 << 1;
+/// Bytes of a snapshot record's head: kind, seq, payload length.
+pub const SNAP_RECORD_HEAD_BYTES: usize = 13;
+
+/// A decoded `snapshot_load` input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInput {
+    pub flags: u8,
+    /// The snapshot file to load.
+    pub file: Vec<u8>,
+}
+
+impl SnapshotInput {
+    pub fn parse(data: &[u8]) -> Option<SnapshotInput> {
+        let (&flags, rest) = data.split_first()?;
+        if flags & SNAP_FLAG_RESEAL == 0 {
+            return Some(SnapshotInput {
+                flags,
+                file: rest.to_vec(),
+            });
+        }
+        let (covered, mut rest) = if flags & SNAP_FLAG_COVERED_SEQ != 0 {
+            let (head, rest) = rest.split_at_checked(8)?;
+            (Some(u64::from_le_bytes(head.try_into().ok()?)), rest)
+        } else {
+            (None, rest)
+        };
+        let mut records: Vec<(u8, u64, &[u8])> = Vec::new();
+        while rest.len() >= SNAP_RECORD_HEAD_BYTES {
+            let kind = rest[0];
+            let seq = u64::from_le_bytes(rest[1..9].try_into().ok()?);
+            let len = u32::from_le_bytes(rest[9..13].try_into().ok()?) as usize;
+            let body = &rest[SNAP_RECORD_HEAD_BYTES..];
+            let len = len.min(body.len());
+            records.push((kind, seq, &body[..len]));
+            rest = &body[len..];
+        }
+        let covered_seq = covered.unwrap_or_else(|| records.iter().map(|r| r.1).max().unwrap_or(0));
+        let file =
+            voucherd::snapshot::encode_records(covered_seq, voucherd::core::UnixMillis(0), records);
+        Some(SnapshotInput { flags, file })
+    }
+
+    pub fn resealed(&self) -> bool {
+        self.flags & SNAP_FLAG_RESEAL != 0
+    }
+}
+
+/// The body of a snapshot file (between header and trailer), as a resealed input takes it.
+pub fn snapshot_body(file: &[u8]) -> &[u8] {
+    const HEADER_BYTES: usize = 64;
+    const TRAILER_BYTES: usize = 12;
+    &file[HEADER_BYTES..file.len() - TRAILER_BYTES]
+}
+
+/// Vouchers the tranche definitions among `records` presize their maps for, counting every
+/// definition that passes validation (an over-estimate: a redefinition presizes nothing).
+pub fn presized_vouchers<'a>(records: impl Iterator<Item = (u8, u64, &'a [u8])>) -> u64 {
+    records
+        .filter(|(kind, _, _)| *kind == voucherd::journal::KIND_TRANCHE_DEFINED)
+        .filter_map(
+            |(kind, _, payload)| match voucherd::journal::decode(kind, payload) {
+                Ok(voucherd::core::Event::TrancheDefined { spec, .. })
+                    if spec.validate().is_ok() =>
+                {
+                    Some(spec.total_quota())
+                }
+                _ => None,
+            },
+        )
+        .sum()
+}

@@ -395,7 +395,9 @@ impl TrancheBook {
                     // Cumulative share, rounded down; a full refund returns the full value.
                     let share_after =
                         (u128::from(face) * u128::from(refunded_after) / u128::from(order)) as u64;
-                    (share_after - r.returned_fen, false)
+                    // Never below what earlier refunds returned (a replayed
+                    // state is only checked to return at most the face value).
+                    (share_after.saturating_sub(r.returned_fen), false)
                 }
                 RefundPolicy::NoRestore => (face - r.returned_fen, false),
             }

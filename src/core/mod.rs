@@ -23,6 +23,7 @@ pub mod identity;
 pub mod lifecycle;
 pub mod merchant;
 pub mod orders;
+pub mod replay;
 pub mod time;
 pub mod tranche;
 pub mod voucher;
@@ -37,6 +38,7 @@ pub use merchant::{
     ImportRow, Merchant, MerchantFilter, MerchantImport, MerchantRegistry, MerchantRules,
     MerchantShare, MerchantStatus, RowError, RowErrors, StatusCounts, UnknownMerchant,
 };
+pub use replay::ReplayConflict;
 pub use time::UnixMillis;
 pub use tranche::{
     ClaimCommand, ClaimDecision, ControlDecision, CountyCode, CountyStock, RedefineConflict,

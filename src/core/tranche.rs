@@ -248,8 +248,8 @@ pub enum ClaimDecision {
 /// Digests computed while deciding, reused when applying.
 #[derive(Copy, Clone, Debug)]
 pub struct ClaimDigests {
-    identity: IdentityDigests,
-    request: KeyDigest,
+    pub(super) identity: IdentityDigests,
+    pub(super) request: KeyDigest,
 }
 
 /// Outcome of a pause/resume request.
@@ -557,16 +557,9 @@ impl TrancheBook {
         index
     }
 
-    /// Applies a claim read back from the WAL.
-    pub fn replay_claim(&mut self, event: VoucherClaimed, seq: u64) -> u32 {
-        let identity = self.digest_key.identity_digests(&IdentityKeys {
-            user_id: &event.user_id,
-            id_hash: event.id_hash.as_deref(),
-            phone_hash: event.phone_hash.as_deref(),
-            device_id: event.device_id.as_deref(),
-        });
-        let request = self.digest_key.request_digest(&event.request_id);
-        self.apply_claim(Arc::new(event), &ClaimDigests { identity, request }, seq)
+    /// Whether a request with this digest was answered with a voucher.
+    pub(super) fn request_answered(&self, request: &KeyDigest) -> bool {
+        self.requests.contains_key(request)
     }
 
     pub fn decide_control(&self, control: TrancheControl, now: UnixMillis) -> ControlDecision {

@@ -503,7 +503,8 @@ impl Rebuilt {
                     .iter_mut()
                     .find(|b| b.spec().tranche_id == claim.tranche_id)
                     .ok_or_else(|| format!("seq {seq}: claim in unknown tranche"))?;
-                book.replay_claim(claim.clone(), seq);
+                book.replay_claim(claim.clone(), seq)
+                    .map_err(|e| format!("seq {seq}: {e}"))?;
                 self.claims.push(claim);
             }
         }

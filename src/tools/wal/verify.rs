@@ -29,12 +29,17 @@ pub fn run(dir: &Path) -> i32 {
     // The core asserts its money invariants while applying; a CRC-valid record that breaks one
     // is reported as a log `serve` cannot start on, after the panic message on stderr.
     let scanned = panic::catch_unwind(AssertUnwindSafe(|| {
-        scan(dir, |record| {
+        let scanned = scan(dir, |record| {
             first_seq.get_or_insert(record.seq);
             replayed
                 .apply(record.seq, record.kind, record.payload)
                 .map_err(|e| Stop::Record(format!("cannot replay {e}")))
-        })
+        })?;
+        // What `serve` checks once every record is applied.
+        replayed
+            .check_ledgers()
+            .map_err(|e| Failure::Unreplayable(format!("cannot replay: {e}")))?;
+        Ok(scanned)
     }))
     .unwrap_or_else(|_| {
         Err(Failure::Unreplayable(
