@@ -495,3 +495,45 @@ proptest! {
         run(policy, ops);
     }
 }
+
+/// A wall clock stepped back after the closing was settled must not reopen the tranche:
+/// its unclaimed stock is already in the campaign pool, so a claim would be paid twice
+/// (and the core's money check would stop the daemon). Claims are refused as closed.
+#[test]
+fn a_clock_stepped_back_after_closing_does_not_reopen_the_tranche() {
+    use voucherd::core::{Refusal, TrancheState};
+    let mut book = TrancheBook::new(0, spec(), DigestKey::new(5, 6), 1);
+    let settled = book.decide_settle(UnixMillis(CLOSES));
+    assert_eq!(settled, Some(Settlement::Closed));
+    book.apply_event(
+        Arc::new(Event::TrancheSettled {
+            tranche_id: "t".into(),
+            settlement: Settlement::Closed,
+            at: UnixMillis(CLOSES),
+        }),
+        2,
+    );
+    let earlier = UnixMillis(CLOSES - 500);
+    assert_eq!(book.state(earlier), TrancheState::Closed);
+    let cmd = ClaimCommand {
+        identity: IdentityKeys {
+            user_id: "late",
+            id_hash: None,
+            phone_hash: None,
+            device_id: None,
+        },
+        request_id: "late",
+        request_fingerprint: 1,
+        county: Some(A),
+        location: Location {
+            lng: 111.3,
+            lat: 30.7,
+            crs: Crs::Gcj02,
+        },
+        entropy: 7,
+    };
+    assert!(matches!(
+        book.decide_claim(&cmd, earlier),
+        ClaimDecision::Refused(Refusal::Closed)
+    ));
+}

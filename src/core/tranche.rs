@@ -429,8 +429,15 @@ impl TrancheBook {
         self.counties.iter().map(|c| u64::from(c.remaining())).sum()
     }
 
+    /// Whether the tranche has closed: its closing time has passed, or its closing was
+    /// already settled (a wall clock stepped back after that must not reopen it: the
+    /// unclaimed stock has gone back to the campaign pool).
+    pub fn is_closed(&self, now: UnixMillis) -> bool {
+        now >= self.spec.closes_at || self.closed_settled
+    }
+
     pub fn state(&self, now: UnixMillis) -> TrancheState {
-        if now >= self.spec.closes_at {
+        if self.is_closed(now) {
             TrancheState::Closed
         } else if now < self.spec.opens_at {
             TrancheState::Scheduled
@@ -461,7 +468,7 @@ impl TrancheBook {
                 opens_at: self.spec.opens_at,
             });
         }
-        if now >= self.spec.closes_at {
+        if self.is_closed(now) {
             return ClaimDecision::Refused(Refusal::Closed);
         }
         if self.paused {
@@ -563,7 +570,7 @@ impl TrancheBook {
     }
 
     pub fn decide_control(&self, control: TrancheControl, now: UnixMillis) -> ControlDecision {
-        if now >= self.spec.closes_at {
+        if self.is_closed(now) {
             return ControlDecision::Closed;
         }
         let want_paused = control == TrancheControl::Pause;
@@ -576,7 +583,7 @@ impl TrancheBook {
 
     /// A tranche may be replaced only while it is still scheduled and empty.
     pub fn decide_redefine(&self, now: UnixMillis) -> Result<(), RedefineConflict> {
-        if now >= self.spec.opens_at || !self.vouchers.is_empty() {
+        if now >= self.spec.opens_at || !self.vouchers.is_empty() || self.closed_settled {
             Err(RedefineConflict::AlreadyOpened)
         } else {
             Ok(())
