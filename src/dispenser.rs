@@ -187,6 +187,9 @@ pub enum AdminError {
     },
     /// A draw that would add no vouchers, or a rollover already done.
     NothingToDraw,
+    /// A campaign's refund policy cannot change once it has tranches: refunds
+    /// already made under one policy would be settled under another.
+    RefundPolicyLocked,
     /// A per-county draw names a county the tranche has no quota for.
     CountyNotInTranche,
     Unavailable(AppendError),
@@ -655,8 +658,14 @@ impl Dispenser {
         if !catalog.decide_campaign(&spec)? {
             return Ok((Defined::Unchanged, self.settled_so_far()?));
         }
-        let released_fen = self
-            .campaign_money(&catalog, &spec.campaign_id)
+        let money = self.campaign_money(&catalog, &spec.campaign_id);
+        let policy_changed = catalog
+            .campaign(&spec.campaign_id)
+            .is_some_and(|c| c.refund_policy != spec.refund_policy);
+        if policy_changed && !money.is_empty() {
+            return Err(AdminError::RefundPolicyLocked);
+        }
+        let released_fen = money
             .iter()
             .map(|m| m.released_from_budget_fen)
             .sum::<u64>();

@@ -812,3 +812,37 @@ fn already_redeemed_is_answered_only_once_the_redemption_is_durable() {
         got.text()
     );
 }
+
+/// A campaign's refund policy is fixed once it has a tranche; before that it may change.
+#[test]
+fn refund_policy_cannot_change_once_the_campaign_has_tranches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = start(dir.path(), &lifecycle_config());
+    let mut a = daemon.admin_client();
+    let put = |a: &mut Client, policy: &str| {
+        a.put_admin(
+            "/admin/v1/campaigns/pol",
+            &json!({"name": "pol", "budget_fen": 1_000_000, "refund_policy": policy}),
+        )
+    };
+    assert_eq!(put(&mut a, "prorata").status, 201);
+    assert_eq!(put(&mut a, "no_restore").status, 200, "no tranche yet");
+    let mut body = open_tranche_body(&[(420502, 10)]);
+    body["campaign_id"] = json!("pol");
+    daemon.create_tranche("t-pol", &body);
+    let r = put(&mut a, "restore_if_valid");
+    assert_eq!(
+        (r.status, r.json()["outcome"].clone()),
+        (409, json!("refund_policy_locked")),
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.json()["error"]["field"], "refund_policy");
+    // Other fields may still change.
+    let r = a.put_admin(
+        "/admin/v1/campaigns/pol",
+        &json!({"name": "pol renamed", "budget_fen": 2_000_000, "refund_policy": "no_restore"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(ledger(&daemon, "pol")["budget_fen"], 2_000_000);
+}

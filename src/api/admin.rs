@@ -229,6 +229,14 @@ pub(super) fn admin_error(app: &App, error: AdminError) -> Reply {
             Some(("tranche_id", "the tranche limit is reached")),
         ),
         AdminError::AlreadyOpened => (StatusCode::CONFLICT, "already_opened", None),
+        AdminError::RefundPolicyLocked => (
+            StatusCode::CONFLICT,
+            "refund_policy_locked",
+            Some((
+                "refund_policy",
+                "cannot change once the campaign has tranches: refunds already made would be settled under another policy",
+            )),
+        ),
         AdminError::Closed => (StatusCode::CONFLICT, "closed", None),
         AdminError::BudgetExceeded {
             available_fen,
