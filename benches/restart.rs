@@ -29,6 +29,8 @@ const COUNTIES: [u32; 13] = [
     420583,
 ];
 const DEFAULT_CLAIMS: u64 = 1_000_000;
+/// Claims in the smoke run under `cargo test --all-targets`.
+const SMOKE_CLAIMS: u64 = 2_000;
 const APPEND_CHUNK_RECORDS: u64 = 4_096;
 const READY_DEADLINE: Duration = Duration::from_secs(600);
 
@@ -175,14 +177,20 @@ fn ready(addr: &str) -> bool {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list" || a == "--test") {
-        // `cargo test --all-targets` runs benches in test mode: stay quick.
+    if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let claims: u64 = std::env::var("VOUCHERD_BENCH_CLAIMS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_CLAIMS);
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it,
+    // as a smoke test of every step at a small size (the full size took minutes in debug).
+    let measuring = std::env::args().any(|a| a == "--bench");
+    let claims: u64 = if measuring {
+        std::env::var("VOUCHERD_BENCH_CLAIMS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(DEFAULT_CLAIMS)
+    } else {
+        SMOKE_CLAIMS
+    };
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-restart");
     let started = Instant::now();
     build(&dir, claims);
