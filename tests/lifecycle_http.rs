@@ -156,6 +156,28 @@ fn closing_returns_unclaimed_stock_and_the_pool_can_be_drawn() {
         (r.status, r.json()["error"]["field"].clone()),
         (400, json!("vouchers"))
     );
+    let r = draw(&mut a, json!({"quotas": {"420506": 0}}));
+    assert_eq!(
+        (r.status, r.json()["outcome"].clone()),
+        (422, json!("nothing_to_draw")),
+        "{}",
+        r.text()
+    );
+    // A budget below what the campaign's tranches already released is refused.
+    let r = a.put_admin(
+        "/admin/v1/campaigns/c1",
+        &json!({"name": "test campaign", "budget_fen": FACE}),
+    );
+    assert_eq!(
+        (
+            r.status,
+            r.json()["outcome"].clone(),
+            r.json()["error"]["field"].clone()
+        ),
+        (422, json!("invalid_campaign"), json!("budget_fen")),
+        "{}",
+        r.text()
+    );
     // The extra vouchers can be claimed at once. 420506 had 2, got 2 of the
     // 4 spread by quota, then 6 more: 10.
     let (lng, lat) = county_points()
