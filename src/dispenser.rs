@@ -244,6 +244,16 @@ pub struct ImportSummary {
     pub rows: usize,
 }
 
+impl ImportSummary {
+    fn of(import: &crate::core::MerchantImport) -> ImportSummary {
+        ImportSummary {
+            created: import.created.len(),
+            unchanged: import.unchanged,
+            rows: import.rows,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum ImportError {
     /// Some rows are not acceptable; nothing was written.
@@ -834,11 +844,7 @@ impl Dispenser {
             .registry
             .decide_import(rows, &self.merchant_rules)
             .map_err(ImportError::Rejected)?;
-        let summary = ImportSummary {
-            created: import.created.len(),
-            unchanged: import.unchanged,
-            rows: import.rows,
-        };
+        let summary = ImportSummary::of(&import);
         let durability = self
             .durability(shard.last_seq)
             .map_err(ImportError::Unavailable)?;
@@ -858,11 +864,7 @@ impl Dispenser {
             .registry
             .decide_import(rows, &self.merchant_rules)
             .map_err(ImportError::Rejected)?;
-        let summary = ImportSummary {
-            created: import.created.len(),
-            unchanged: import.unchanged,
-            rows: import.rows,
-        };
+        let summary = ImportSummary::of(&import);
         if import.created.is_empty() {
             let durability = self
                 .durability(shard.last_seq)
