@@ -24,6 +24,7 @@ pub mod lifecycle;
 pub mod merchant;
 pub mod orders;
 pub mod replay;
+pub mod rng;
 pub mod time;
 pub mod tranche;
 pub mod voucher;

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::append_log::{AppendLog, SharedLog};
+use super::rng::splitmix64;
 
 use super::event::{Event, Location, TrancheControl, VoucherClaimed};
 use super::identity::{DigestHasherBuilder, DigestKey, IdentityDigests, IdentityKeys, KeyDigest};
@@ -765,11 +766,4 @@ fn stock_for(spec: &TrancheSpec) -> Vec<CountyStock> {
             issued: 0,
         })
         .collect()
-}
-
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
