@@ -25,10 +25,7 @@ struct Result {
 
 #[test]
 fn burst_issues_exactly_the_quota() {
-    let seed: u64 = std::env::var("VOUCHERD_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x5eed_2026);
+    let seed: u64 = env_or("VOUCHERD_TEST_SEED", 0x5eed_2026);
     println!("burst seed {seed}");
     let dir = tempfile::tempdir().expect("tempdir");
     let daemon = start(dir.path(), &TestConfig::default());

@@ -522,10 +522,7 @@ fn metrics_are_exported_and_pass_promtool() {
 /// contract, never a 500, and the daemon keeps serving.
 #[test]
 fn mutated_bodies_never_cause_a_500() {
-    let seed: u64 = std::env::var("VOUCHERD_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0xfeed_5eed);
+    let seed: u64 = env_or("VOUCHERD_TEST_SEED", 0xfeed_5eed);
     println!("mutation seed {seed}");
     let (_dir, daemon) = started(&TestConfig::default());
     daemon.create_tranche("t1", &open_tranche_body(&[(420502, 1000)]));

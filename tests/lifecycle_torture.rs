@@ -1541,14 +1541,8 @@ fn new_generation(daemon: &Daemon, world: &mut World, generation: usize) {
 
 #[test]
 fn kill_9_lifecycle_torture() {
-    let cycles: usize = std::env::var("VOUCHERD_LIFECYCLE_TORTURE_CYCLES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_CYCLES);
-    let seed: u64 = std::env::var("VOUCHERD_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x11fe_c7c1);
+    let cycles: usize = env_or("VOUCHERD_LIFECYCLE_TORTURE_CYCLES", DEFAULT_CYCLES);
+    let seed: u64 = env_or("VOUCHERD_TEST_SEED", 0x11fe_c7c1);
     println!("lifecycle torture seed {seed}, {cycles} cycles");
     let dir = tempfile::tempdir().expect("tempdir");
     // Frequent snapshots, so kills also land while one is being written.

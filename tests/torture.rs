@@ -296,14 +296,8 @@ fn recover_and_check(
 
 #[test]
 fn kill_9_torture() {
-    let cycles: usize = std::env::var("VOUCHERD_TORTURE_CYCLES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_CYCLES);
-    let seed: u64 = std::env::var("VOUCHERD_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0x7077_0e57);
+    let cycles: usize = env_or("VOUCHERD_TORTURE_CYCLES", DEFAULT_CYCLES);
+    let seed: u64 = env_or("VOUCHERD_TEST_SEED", 0x7077_0e57);
     println!("torture seed {seed}, {cycles} cycles");
     let dir = tempfile::tempdir().expect("tempdir");
     // Frequent snapshots, so kills also land while one is being written.

@@ -699,3 +699,11 @@ pub fn check_all_present(daemon: &Daemon, tranche: &str, acked: &[Acked]) {
         assert_eq!(dup.json()["voucher"]["id"], a.id.as_str());
     }
 }
+
+/// A number from the environment (seeds, soak sizes), or `default` when unset or unparsable.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
