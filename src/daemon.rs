@@ -135,6 +135,8 @@ async fn run(config: Config, regions: RegionIndex) -> i32 {
             }
         };
     app.set_ready(dispenser.clone());
+    // The last log line of start-up: everything recovery logged comes before it.
+    tracing::info!("recovered and serving");
     announce(&format!(
         "voucherd ready at {}",
         format_beijing(system_now())

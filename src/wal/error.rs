@@ -86,13 +86,6 @@ pub enum CorruptReason {
     IndexMismatch { name_index: u64, header_index: u64 },
     #[error("segment file is {file_bytes} bytes but its header says {header_bytes}")]
     LengthMismatch { file_bytes: u64, header_bytes: u64 },
-    #[error(
-        "segment changed between validation and replay ({validated_records} records validated, {replayed_records} replayed)"
-    )]
-    ChangedDuringReplay {
-        validated_records: u64,
-        replayed_records: u64,
-    },
 }
 
 /// Why [`crate::wal::open`] or [`crate::wal::scan`] failed. `E` is the replay callback's error.

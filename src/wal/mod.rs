@@ -38,8 +38,8 @@
 //!    and fires no completion of the batch.
 //!
 //! # Startup
-//! [`open`] locks the directory, validates every segment, delivers every durable record to the
-//! callback in seq order, erases a torn tail (the remains of the one batch that was being
+//! [`open`] locks the directory, walks every segment once, validating each batch before it
+//! delivers the batch's records to the callback in seq order, erases a torn tail (the remains of the one batch that was being
 //! written when the process died), and starts the committer. [`scan`] does the same checks
 //! read-only, for operator tools.
 
@@ -287,8 +287,9 @@ impl fmt::Debug for Wal {
 /// erases a torn tail (zeroed and synced, with a `warn!` naming the file, offset and size),
 /// then starts the committer thread.
 ///
-/// `on_record` is called only after the whole log validated, so a `Corrupt` error never comes
-/// after records were delivered. If `on_record` fails, no file has been modified.
+/// Each record is delivered once its batch has validated, in one pass over the log, so a
+/// `Corrupt` error can come after records were delivered: the caller must discard whatever
+/// it built from them (see `replay.rs`). If `on_record` fails, no file has been modified.
 pub fn open<E>(
     opts: WalOptions,
     on_record: impl FnMut(RecordRef<'_>) -> Result<(), E>,
@@ -362,7 +363,7 @@ pub(crate) fn open_with_storage<S: Storage, E>(
 }
 
 /// Everything [`open`] does before it starts the committer thread: removes stale temporary
-/// files, validates, delivers, erases a torn tail (or creates the first segment), and returns
+/// files, validates and delivers in one pass, erases a torn tail (or creates the first segment), and returns
 /// the writer positioned at the tail. The simulation drives the returned writer step by step.
 pub(crate) fn recover<S: Storage, E>(
     storage: S,
@@ -377,8 +378,7 @@ pub(crate) fn recover<S: Storage, E>(
         );
         storage::remove_stale_temp_files(&storage, &listing.stale_temp_files)?;
     }
-    let plan = replay::validate(&storage, &listing)?;
-    replay::deliver(&storage, &plan, &mut on_record)?;
+    let plan = replay::replay(&storage, &listing, &mut on_record)?;
     let report = plan.report(&storage);
     let (segment, segment_index) = match plan.segments.last() {
         Some(last) => {
@@ -414,8 +414,8 @@ pub(crate) fn recover<S: Storage, E>(
     Ok((log, report))
 }
 
-/// Read-only scan for operator tools: the same validation and callback as [`open`], but it
-/// never creates, modifies or removes anything. A torn tail is reported in
+/// Read-only scan for operator tools: the same validation and callback as [`open`], except
+/// that the whole log is validated before the first record is delivered; and it never creates, modifies or removes anything. A torn tail is reported in
 /// `truncated_tail_bytes` (what `open` would erase). Fails with `Locked` while a `Wal` has the
 /// directory open, and with `Io` if the directory does not exist.
 pub fn scan<E>(
@@ -431,8 +431,11 @@ pub(crate) fn scan_storage<E>(
     mut on_record: impl FnMut(RecordRef<'_>) -> Result<(), E>,
 ) -> Result<ReplayReport, OpenError<E>> {
     let listing = storage::list(storage)?;
-    let plan = replay::validate(storage, &listing)?;
-    replay::deliver(storage, &plan, &mut on_record)?;
+    // Operator tools promise never to print part of a log that turns out to be corrupt, so
+    // the read-only scan validates everything before it delivers anything (two walks; the
+    // shared lock keeps a daemon from writing in between). `open` needs no such promise.
+    replay::replay(storage, &listing, &mut |_| Ok(()))?;
+    let plan = replay::replay(storage, &listing, &mut on_record)?;
     Ok(plan.report(storage))
 }
 

@@ -205,8 +205,14 @@ pub fn start_with_command(dir: &Path, mut command: Command) -> Daemon {
         }
     }
     daemon.wait_for_line("voucherd ready");
+    daemon.wait_for_stderr(RECOVERED_LOG_LINE);
     daemon
 }
+
+/// What the daemon logs (stderr) once recovery is done and it serves. Stdout and stderr are
+/// read by different threads, so "voucherd ready" on stdout can be seen before the recovery
+/// log lines on stderr; tests that read those lines wait for this one first.
+const RECOVERED_LOG_LINE: &str = "recovered and serving";
 
 /// Writes `config` into `dir/voucherd.toml` and starts the daemon on it.
 pub fn start(dir: &Path, config: &TestConfig) -> Daemon {
@@ -326,6 +332,20 @@ impl Daemon {
             reader.join().expect("stderr reader");
         }
         (status, self.stderr_text())
+    }
+
+    /// Waits (bounded by [`STARTUP_DEADLINE`]) until stderr has a line containing `needle`.
+    pub fn wait_for_stderr(&self, needle: &str) {
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        while !self.stderr.lock().iter().any(|l| l.contains(needle)) {
+            if Instant::now() >= deadline {
+                panic!(
+                    "no stderr line containing {needle:?}; stderr:\n{}",
+                    self.stderr_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     pub fn stderr_text(&self) -> String {
