@@ -119,8 +119,11 @@ fn build(dir: &Path, claims: u64) {
 fn replay(dir: &Path) -> (Recovered, wal::Wal, u64, Duration) {
     let started = Instant::now();
     let mut recovered = Recovered::new(DigestKey::new(1, 2));
-    let (wal, report) =
-        wal::open(options(dir), |r| recovered.apply(r.seq, r.kind, r.payload)).expect("replay");
+    let (wal, report) = wal::open(options(dir), |r| {
+        recovered.apply_deferred(r.seq, r.kind, r.payload)
+    })
+    .expect("replay");
+    recovered.finish().expect("replay the last run");
     (recovered, wal, report.records, started.elapsed())
 }
 

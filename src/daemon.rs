@@ -317,7 +317,11 @@ fn recover(config: &Config, regions: RegionIndex) -> Result<(Dispenser, u64), i3
             return Ok(());
         }
         tail_records += 1;
-        recovered.apply(record.seq, record.kind, record.payload)
+        recovered.apply_deferred(record.seq, record.kind, record.payload)
+    })
+    .and_then(|opened| {
+        recovered.finish().map_err(wal::OpenError::Callback)?;
+        Ok(opened)
     });
     let (wal, report) = match opened {
         Ok(pair) => pair,

@@ -37,7 +37,7 @@ use crate::core::{
     DigestKey, Event, IdentityKeys, ImportRow, Location, Merchant, MerchantFilter,
     MerchantRegistry, MerchantRules, MerchantStatus, RedemptionId, Refusal, RowErrors,
     StatusCounts, TrancheBook, TrancheControl, TrancheSpec, TrancheState, UnixMillis,
-    UnknownMerchant, VoucherId,
+    UnknownMerchant, VoucherClaimed, VoucherId,
 };
 use crate::geo::RegionIndex;
 mod lifecycle;
@@ -236,6 +236,18 @@ pub enum ReplayError {
     State(ReplayConflict),
 }
 
+impl ReplayError {
+    /// The seq of the record refused, if one record was.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            ReplayError::Decode { seq, .. }
+            | ReplayError::Inconsistent { seq, .. }
+            | ReplayError::Conflict { seq, .. } => Some(*seq),
+            ReplayError::State(_) => None,
+        }
+    }
+}
+
 /// What an import, or its dry run, amounts to.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct ImportSummary {
@@ -299,7 +311,14 @@ pub struct Recovered {
     /// Parts of imports that never completed (dropped, as they were never answered).
     pub abandoned_import_parts: u64,
     pub records: u64,
+    /// Claims decoded by [`Recovered::apply_deferred`] and not yet applied, in seq order;
+    /// at most [`REPLAY_RUN_CLAIMS`].
+    deferred_claims: Vec<(u64, VoucherClaimed)>,
 }
+
+/// Claims replayed together as one run (see [`TrancheBook::replay_claims`]): enough for the
+/// index lookups of a run to overlap their cache misses, few enough to stay in cache.
+pub const REPLAY_RUN_CLAIMS: usize = 64;
 
 impl Recovered {
     pub fn new(digest_key: DigestKey) -> Recovered {
@@ -312,11 +331,82 @@ impl Recovered {
             merchants_last_seq: 0,
             abandoned_import_parts: 0,
             records: 0,
+            deferred_claims: Vec::with_capacity(REPLAY_RUN_CLAIMS),
         }
+    }
+
+    /// Like [`Self::apply`], but a claim may be applied later, together with the claims
+    /// that follow it (in order, before any other record): replay and snapshot loading of
+    /// millions of claims run about twice as fast so. The price: a claim that does not
+    /// replay is reported by a later call, or by [`Self::finish`], still with its own seq.
+    /// Call `finish` after the last record; reading the state before that is a bug and
+    /// panics.
+    pub fn apply_deferred(
+        &mut self,
+        seq: u64,
+        kind: u8,
+        payload: &[u8],
+    ) -> Result<(), ReplayError> {
+        if kind != journal::KIND_VOUCHER_CLAIMED {
+            self.finish()?;
+            return self.apply(seq, kind, payload);
+        }
+        let event =
+            journal::decode(kind, payload).map_err(|source| ReplayError::Decode { seq, source })?;
+        let Event::VoucherClaimed(claim) = event else {
+            unreachable!("a claim record decodes to a claim");
+        };
+        self.records += 1;
+        self.deferred_claims.push((seq, claim));
+        if self.deferred_claims.len() >= REPLAY_RUN_CLAIMS {
+            self.finish()?;
+        }
+        Ok(())
+    }
+
+    /// Applies the claims [`Self::apply_deferred`] held back, in order.
+    pub fn finish(&mut self) -> Result<(), ReplayError> {
+        let mut run = std::mem::take(&mut self.deferred_claims);
+        let result = self.apply_run(&mut run);
+        run.clear();
+        self.deferred_claims = run;
+        result
+    }
+
+    fn apply_run(&mut self, run: &mut Vec<(u64, VoucherClaimed)>) -> Result<(), ReplayError> {
+        let conflict = |seq, conflict| ReplayError::Conflict {
+            seq,
+            kind: journal::KIND_VOUCHER_CLAIMED,
+            conflict,
+        };
+        while let Some((seq, first)) = run.first() {
+            let (seq, tranche_id) = (*seq, first.tranche_id.clone());
+            let same = run
+                .iter()
+                .position(|(_, c)| c.tranche_id != tranche_id)
+                .unwrap_or(run.len());
+            let shard = self.catalog.tranche(&tranche_id).ok_or_else(|| {
+                conflict(seq, ReplayConflict::UnknownTranche(tranche_id.to_string()))
+            })?;
+            shard
+                .lock()
+                .replay_claims(run.drain(..same))
+                .map_err(|(seq, reason)| conflict(seq, reason))?;
+        }
+        Ok(())
+    }
+
+    fn assert_nothing_deferred(&self) {
+        assert!(
+            self.deferred_claims.is_empty(),
+            "replay state read with {} claims deferred: call Recovered::finish first",
+            self.deferred_claims.len()
+        );
     }
 
     /// The merchants rebuilt so far (an unfinished import is not among them).
     pub fn merchants(&self) -> &MerchantRegistry {
+        self.assert_nothing_deferred();
         &self.merchants
     }
 
@@ -361,6 +451,7 @@ impl Recovered {
     /// (`core::replay`). One that is not is refused with
     /// [`ReplayError::Conflict`] and nothing of it is applied.
     pub fn apply(&mut self, seq: u64, kind: u8, payload: &[u8]) -> Result<(), ReplayError> {
+        self.assert_nothing_deferred();
         let event =
             journal::decode(kind, payload).map_err(|source| ReplayError::Decode { seq, source })?;
         let conflict = |conflict: ReplayConflict| ReplayError::Conflict {
@@ -461,6 +552,7 @@ impl Recovered {
     /// its pool than was returned to it). Run once the state is complete:
     /// after a snapshot and after the WAL.
     pub fn check_ledgers(&self) -> Result<(), ReplayError> {
+        self.assert_nothing_deferred();
         let mut money = self.money_by_campaign();
         for campaign in self.catalog.campaigns() {
             let tranches = money.remove(&campaign.campaign_id).unwrap_or_default();
@@ -479,6 +571,7 @@ impl Recovered {
     /// before it serves). After records that passed their checks and
     /// [`Self::check_ledgers`], a failure here is a bug.
     pub fn check_invariants(&self) {
+        self.assert_nothing_deferred();
         for shard in self.catalog.tranches() {
             shard.lock().check_invariants();
         }

@@ -29,6 +29,7 @@
 //! shipped them (a later feature), so a damaged snapshot can always be
 //! rebuilt from the log.
 
+use std::collections::VecDeque;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -36,7 +37,7 @@ use std::path::{Path, PathBuf};
 use crate::core::append_log::SharedLog;
 use crate::core::tranche::LogEntry;
 use crate::core::{CampaignSpec, Event, MerchantShare, UnixMillis, Voucher};
-use crate::dispenser::{Recovered, ReplayError};
+use crate::dispenser::{REPLAY_RUN_CLAIMS, Recovered, ReplayError};
 use crate::journal;
 
 const MAGIC: &[u8; 8] = b"VCHRSNAP";
@@ -440,19 +441,39 @@ impl Verified {
         let covered_seq = self.covered_seq;
         let mut failure = None;
         let mut index = 0u64;
+        // Claims are applied in runs (`apply_deferred`), so a refusal can name a claim up
+        // to a run behind the current record: keep the positions of the recent ones.
+        let mut recent: VecDeque<(u64, u64)> = VecDeque::with_capacity(REPLAY_RUN_CLAIMS + 1);
+        let mut refused = |e: ReplayError, recent: &VecDeque<(u64, u64)>, current: u64| {
+            let record = e
+                .seq()
+                .and_then(|seq| recent.iter().find(|(s, _)| *s == seq).map(|(_, i)| *i))
+                .unwrap_or(current);
+            let text = e.to_string();
+            failure = Some((record, e));
+            text
+        };
         let walked = walk(&self.bytes[HEADER_BYTES..body_end], |kind, seq, payload| {
             if seq > covered_seq {
                 return Err(format!(
                     "record {index} has seq {seq}, past the covered seq {covered_seq}"
                 ));
             }
-            recovered.apply(seq, kind, payload).map_err(|e| {
-                let text = e.to_string();
-                failure = Some((index, e));
-                text
-            })?;
+            if recent.len() > REPLAY_RUN_CLAIMS {
+                recent.pop_front();
+            }
+            recent.push_back((seq, index));
+            recovered
+                .apply_deferred(seq, kind, payload)
+                .map_err(|e| refused(e, &recent, index))?;
             index += 1;
             Ok(())
+        })
+        .and_then(|count| {
+            recovered
+                .finish()
+                .map_err(|e| refused(e, &recent, index.saturating_sub(1)))?;
+            Ok(count)
         });
         if let Err(reason) = walked {
             return Err(match failure {

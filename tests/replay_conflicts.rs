@@ -137,44 +137,60 @@ fn history() -> Vec<Event> {
     ]
 }
 
-fn replayed(events: &[Event]) -> Recovered {
+fn replayed(events: &[Event], deferred: bool) -> Recovered {
     let mut recovered = Recovered::new(DigestKey::new(5, 6));
     for (i, event) in events.iter().enumerate() {
-        recovered
-            .apply(
-                i as u64 + 1,
-                journal::kind_of(event),
-                &journal::encode(event),
-            )
-            .unwrap_or_else(|e| panic!("record {} applies: {e}", i + 1));
+        let (seq, kind, payload) = (
+            i as u64 + 1,
+            journal::kind_of(event),
+            journal::encode(event),
+        );
+        if deferred {
+            recovered.apply_deferred(seq, kind, &payload)
+        } else {
+            recovered.apply(seq, kind, &payload)
+        }
+        .unwrap_or_else(|e| panic!("record {} applies: {e}", i + 1));
     }
+    recovered.finish().expect("the history applies");
     recovered
 }
 
 /// Applies `bad` after the history as the next WAL record; it must be refused
-/// with `expected`, and a valid record must still apply after it.
+/// with `expected`, and a valid record must still apply after it. Both ways of
+/// applying: one record at a time, and in runs (`apply_deferred`, where a
+/// refused claim surfaces at `finish`, still naming its own seq).
 fn refused(bad: Event, expected: ReplayConflict) {
+    for deferred in [false, true] {
+        refused_when(&bad, &expected, deferred);
+    }
+}
+
+fn refused_when(bad: &Event, expected: &ReplayConflict, deferred: bool) {
     let events = history();
-    let mut recovered = replayed(&events);
+    let mut recovered = replayed(&events, deferred);
     let seq = events.len() as u64 + 1;
-    let error = recovered
-        .apply(seq, journal::kind_of(&bad), &journal::encode(&bad))
-        .expect_err("refused");
+    let (kind, payload) = (journal::kind_of(bad), journal::encode(bad));
+    let error = if deferred {
+        recovered
+            .apply_deferred(seq, kind, &payload)
+            .and_then(|()| recovered.finish())
+    } else {
+        recovered.apply(seq, kind, &payload)
+    }
+    .expect_err("refused");
     match &error {
         ReplayError::Conflict {
             seq: at, conflict, ..
         } => {
-            assert_eq!(*at, seq);
-            assert_eq!(*conflict, expected, "{error}");
+            assert_eq!(*at, seq, "deferred: {deferred}");
+            assert_eq!(conflict, expected, "{error} (deferred: {deferred})");
         }
-        other => panic!("expected a conflict, got {other:?}"),
+        other => panic!("expected a conflict, got {other:?} (deferred: {deferred})"),
     }
     let message = error.to_string();
     assert!(message.contains(&format!("record {seq}")), "{message}");
-    assert!(
-        message.contains(journal::kind_name(journal::kind_of(&bad))),
-        "{message}"
-    );
+    assert!(message.contains(journal::kind_name(kind)), "{message}");
     // Nothing of the refused record was applied: u3 still gets county A's last voucher.
     let next = Event::VoucherClaimed(claim("t1", "u3", A, 13));
     recovered
@@ -182,6 +198,46 @@ fn refused(bad: Event, expected: ReplayConflict) {
         .expect("a valid record applies after a refused one");
     recovered.check_ledgers().expect("the ledger adds up");
     recovered.check_invariants();
+}
+
+/// A claim that does not replay, in the middle of a run of claims: the claims before it
+/// are applied, it is refused with its own seq, and the state still checks out.
+#[test]
+fn a_refused_claim_inside_a_run_names_its_own_seq() {
+    let mut events = history();
+    for i in 0..10 {
+        let mut c = claim("t1", &format!("r{i}"), A, 100 + i);
+        if i == 6 {
+            c.user_id = "u1".into(); // u1 already holds a voucher
+        }
+        events.push(Event::VoucherClaimed(c));
+    }
+    // Quota A is 2 and u1 holds one of them: give the run room by topping up the tranche.
+    events[1] = tranche(0, "t1", "c1", &[(A, 20), (B, 1)]);
+    let mut recovered = Recovered::new(DigestKey::new(5, 6));
+    let mut first_error = None;
+    for (i, event) in events.iter().enumerate() {
+        let seq = i as u64 + 1;
+        if let Err(e) =
+            recovered.apply_deferred(seq, journal::kind_of(event), &journal::encode(event))
+        {
+            first_error = Some(e);
+            break;
+        }
+    }
+    let error = match first_error {
+        Some(e) => e,
+        None => recovered.finish().expect_err("the duplicate is refused"),
+    };
+    match error {
+        ReplayError::Conflict { seq, conflict, .. } => {
+            assert_eq!(seq, history().len() as u64 + 7);
+            assert_eq!(conflict, ReplayConflict::IdentityHoldsVoucher);
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    recovered.check_invariants();
+    recovered.check_ledgers().expect("the ledger adds up");
 }
 
 #[test]
@@ -346,7 +402,7 @@ fn definitions_that_do_not_fit_are_refused() {
 #[test]
 fn events_of_a_tranche_out_of_seq_order_are_refused() {
     let events = history();
-    let mut recovered = replayed(&events);
+    let mut recovered = replayed(&events, false);
     let late = Event::TrancheControlled {
         tranche_id: "t1".into(),
         control: TrancheControl::Pause,
@@ -373,10 +429,13 @@ fn events_of_a_tranche_out_of_seq_order_are_refused() {
 #[test]
 fn a_campaign_whose_money_does_not_add_up_is_refused_once_replayed() {
     // Each record fits, but the tranche releases more than the campaign's budget.
-    let recovered = replayed(&[
-        campaign("c1", 1_000),
-        tranche(0, "t1", "c1", &[(A, 2), (B, 1)]),
-    ]);
+    let recovered = replayed(
+        &[
+            campaign("c1", 1_000),
+            tranche(0, "t1", "c1", &[(A, 2), (B, 1)]),
+        ],
+        false,
+    );
     let error = recovered.check_ledgers().expect_err("over budget");
     assert!(
         matches!(
@@ -605,7 +664,7 @@ fn a_restore_after_a_partial_return_replays_and_overdrafts_are_refused() {
     let mut restore = refund(21, "f-2", 1_000, 0);
     restore.restored = true;
     events.push(Event::RedemptionRefunded(restore));
-    let mut recovered = replayed(&events);
+    let mut recovered = replayed(&events, false);
     recovered.check_ledgers().expect("adds up");
     recovered.check_invariants();
 

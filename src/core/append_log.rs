@@ -13,7 +13,7 @@ pub const CHUNK_ENTRIES: usize = 4_096;
 
 #[derive(Clone, Debug)]
 pub struct AppendLog<T> {
-    frozen: Vec<Arc<[T]>>,
+    frozen: Vec<Arc<Vec<T>>>,
     tail: Vec<T>,
 }
 
@@ -38,7 +38,8 @@ impl<T: Clone> AppendLog<T> {
     pub fn push(&mut self, value: T) {
         if self.tail.len() == CHUNK_ENTRIES {
             let full = std::mem::replace(&mut self.tail, Vec::with_capacity(CHUNK_ENTRIES));
-            self.frozen.push(Arc::from(full));
+            // `Arc::new`, not `Arc::from` into a slice: that would copy the whole chunk.
+            self.frozen.push(Arc::new(full));
         }
         self.tail.push(value);
     }
@@ -70,7 +71,7 @@ impl<T: Clone> AppendLog<T> {
 /// An immutable copy of an [`AppendLog`] at one moment.
 #[derive(Clone, Debug)]
 pub struct SharedLog<T> {
-    frozen: Vec<Arc<[T]>>,
+    frozen: Vec<Arc<Vec<T>>>,
     tail: Vec<T>,
 }
 

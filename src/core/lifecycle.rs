@@ -251,7 +251,7 @@ impl TrancheBook {
     }
 
     pub fn redemption_index(&self, redemption_random: u64) -> Option<u32> {
-        self.redemption_by_random.get(&redemption_random).copied()
+        self.redemption_by_random.get(redemption_random)
     }
 
     /// The state a voucher is in at `now` (expiry shows before it is settled).
@@ -307,7 +307,7 @@ impl TrancheBook {
         Ok(VoucherRedeemed {
             tranche_id: self.spec.tranche_id.clone(),
             voucher_random: voucher.id.random,
-            redemption_random: unused_key(&self.redemption_by_random, cmd.entropy),
+            redemption_random: unused_key(cmd.entropy, |k| self.redemption_by_random.contains(k)),
             merchant_id: cmd.merchant_id.to_owned(),
             order_id: cmd.order_id.to_owned(),
             order_amount_fen: cmd.order_amount_fen,
@@ -318,9 +318,9 @@ impl TrancheBook {
     }
 
     pub(super) fn apply_redeem(&mut self, event: VoucherRedeemed) {
-        let voucher_index = *self
+        let voucher_index = self
             .voucher_by_random
-            .get(&event.voucher_random)
+            .get(event.voucher_random)
             .expect("redeemed voucher exists");
         let status = &mut self.status[voucher_index as usize];
         assert_eq!(
@@ -414,9 +414,9 @@ impl TrancheBook {
     }
 
     pub(super) fn apply_refund(&mut self, event: &RedemptionRefunded) {
-        let index = *self
+        let index = self
             .redemption_by_random
-            .get(&event.redemption_random)
+            .get(event.redemption_random)
             .expect("refunded redemption exists");
         let face = self.spec.face_value_fen;
         let r = &mut self.redemptions[index as usize];
@@ -548,9 +548,9 @@ impl TrancheBook {
         let face = self.spec.face_value_fen;
         let case = u32::try_from(self.revocations.len()).expect("revocation count fits u32");
         for random in &event.revoked {
-            let i = *self
+            let i = self
                 .voucher_by_random
-                .get(random)
+                .get(*random)
                 .expect("revoked voucher exists");
             let status = &mut self.status[i as usize];
             assert_eq!(
@@ -564,9 +564,9 @@ impl TrancheBook {
             self.money.outstanding_to_returned(face);
         }
         for random in &event.flagged {
-            let i = *self
+            let i = self
                 .voucher_by_random
-                .get(random)
+                .get(*random)
                 .expect("flagged voucher exists");
             let status = &mut self.status[i as usize];
             let r = status.redemption.expect("flagged voucher is redeemed");

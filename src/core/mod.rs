@@ -18,6 +18,7 @@
 pub mod append_log;
 pub mod catalog;
 pub mod code;
+pub mod digest_index;
 pub mod event;
 pub mod identity;
 pub mod lifecycle;

@@ -218,7 +218,45 @@ impl TrancheBook {
     /// Applies a claim read back from disk, if it is one the core could have
     /// decided here; otherwise changes nothing and says why.
     pub fn replay_claim(&mut self, event: VoucherClaimed, seq: u64) -> Result<u32, ReplayConflict> {
-        self.check_order(seq)?;
+        let digests = self.claim_digests(&event);
+        self.replay_claim_with(event, &digests, seq)
+    }
+
+    /// [`Self::replay_claim`] for a run of claims of this tranche, in seq order.
+    ///
+    /// First every claim's digests are computed and the index slots they hash to are
+    /// loaded ([`DigestIndex::touch`](super::digest_index::DigestIndex::touch)), so the
+    /// cache misses of the whole run are in flight together; then each claim is checked
+    /// and applied in order, exactly as `replay_claim` would. Stops at the first claim
+    /// that does not replay and returns its seq with the reason; the claims before it
+    /// are applied, the ones after it are not.
+    pub fn replay_claims(
+        &mut self,
+        run: impl IntoIterator<Item = (u64, VoucherClaimed)>,
+    ) -> Result<(), (u64, ReplayConflict)> {
+        let run: Vec<(u64, VoucherClaimed, ClaimDigests)> = run
+            .into_iter()
+            .map(|(seq, event)| {
+                let digests = self.claim_digests(&event);
+                (seq, event, digests)
+            })
+            .collect();
+        let touched = self.holders.touch(
+            run.iter()
+                .flat_map(|(_, _, d)| d.identity.as_slice().iter().copied()),
+        ) ^ self.requests_touch(run.iter().map(|(_, _, d)| d.request))
+            ^ self
+                .voucher_by_random
+                .touch(run.iter().map(|(_, e, _)| e.voucher_random));
+        std::hint::black_box(touched);
+        for (seq, event, digests) in run {
+            self.replay_claim_with(event, &digests, seq)
+                .map_err(|conflict| (seq, conflict))?;
+        }
+        Ok(())
+    }
+
+    fn claim_digests(&self, event: &VoucherClaimed) -> ClaimDigests {
         let identity = self.digest_key.identity_digests(&IdentityKeys {
             user_id: &event.user_id,
             id_hash: event.id_hash.as_deref(),
@@ -226,9 +264,18 @@ impl TrancheBook {
             device_id: event.device_id.as_deref(),
         });
         let request = self.digest_key.request_digest(&event.request_id);
-        let digests = ClaimDigests { identity, request };
-        self.check_claim(&event, &digests)?;
-        Ok(self.apply_claim(std::sync::Arc::new(event), &digests, seq))
+        ClaimDigests { identity, request }
+    }
+
+    fn replay_claim_with(
+        &mut self,
+        event: VoucherClaimed,
+        digests: &ClaimDigests,
+        seq: u64,
+    ) -> Result<u32, ReplayConflict> {
+        self.check_order(seq)?;
+        self.check_claim(&event, digests)?;
+        Ok(self.apply_claim(std::sync::Arc::new(event), digests, seq))
     }
 
     fn check_claim(
@@ -256,14 +303,14 @@ impl TrancheBook {
             .identity
             .as_slice()
             .iter()
-            .any(|d| self.holders.contains_key(d))
+            .any(|d| self.holders.contains(*d))
         {
             return Err(ReplayConflict::IdentityHoldsVoucher);
         }
         if self.request_answered(&digests.request) {
             return Err(ReplayConflict::RequestAnswered);
         }
-        if self.voucher_by_random.contains_key(&event.voucher_random) {
+        if self.voucher_by_random.contains(event.voucher_random) {
             return Err(ReplayConflict::VoucherIdTaken(event.voucher_random));
         }
         Ok(())
@@ -320,9 +367,9 @@ impl TrancheBook {
     }
 
     fn check_redeem(&self, e: &VoucherRedeemed) -> Result<(), ReplayConflict> {
-        let index = *self
+        let index = self
             .voucher_by_random
-            .get(&e.voucher_random)
+            .get(e.voucher_random)
             .ok_or(ReplayConflict::UnknownVoucher(e.voucher_random))?;
         let state = self.status[index as usize].state;
         if state != VoucherState::Claimed {
@@ -344,16 +391,16 @@ impl TrancheBook {
                 minimum_fen,
             });
         }
-        if self.redemption_by_random.contains_key(&e.redemption_random) {
+        if self.redemption_by_random.contains(e.redemption_random) {
             return Err(ReplayConflict::RedemptionIdTaken(e.redemption_random));
         }
         Ok(())
     }
 
     fn check_refund(&self, e: &RedemptionRefunded) -> Result<(), ReplayConflict> {
-        let index = *self
+        let index = self
             .redemption_by_random
-            .get(&e.redemption_random)
+            .get(e.redemption_random)
             .ok_or(ReplayConflict::UnknownRedemption(e.redemption_random))?;
         let r = &self.redemptions[index as usize];
         if r.refunds.iter().any(|f| *f.refund_id == *e.refund_id) {
@@ -432,9 +479,9 @@ impl TrancheBook {
             return Err(ReplayConflict::RevocationNotSorted);
         }
         for random in &e.revoked {
-            let index = *self
+            let index = self
                 .voucher_by_random
-                .get(random)
+                .get(*random)
                 .ok_or(ReplayConflict::UnknownVoucher(*random))?;
             let state = self.status[index as usize].state;
             if state != VoucherState::Claimed {
@@ -447,9 +494,9 @@ impl TrancheBook {
         let face = self.spec.face_value_fen;
         let mut still_redeemed_fen = 0u64;
         for random in &e.flagged {
-            let index = *self
+            let index = self
                 .voucher_by_random
-                .get(random)
+                .get(*random)
                 .ok_or(ReplayConflict::UnknownVoucher(*random))?;
             let redemption = self.status[index as usize]
                 .redemption

@@ -13,8 +13,9 @@ use std::sync::Arc;
 use super::append_log::{AppendLog, SharedLog};
 use super::rng::splitmix64;
 
+use super::digest_index::DigestIndex;
 use super::event::{Event, Location, TrancheControl, VoucherClaimed};
-use super::identity::{DigestHasherBuilder, DigestKey, IdentityDigests, IdentityKeys, KeyDigest};
+use super::identity::{DigestKey, IdentityDigests, IdentityKeys, KeyDigest};
 use super::lifecycle::{Redemption, TrancheMoney, VoucherState, VoucherStatus};
 use super::time::UnixMillis;
 use super::voucher::{Voucher, VoucherId};
@@ -30,10 +31,11 @@ pub const MAX_FACE_VALUE_FEN: u64 = 100_000_000;
 pub const MAX_THRESHOLD_FEN: u64 = 1_000_000_000;
 pub const MAX_INDUSTRIES_PER_TRANCHE: usize = 32;
 pub const MAX_INDUSTRY_BYTES: usize = 64;
-/// A tranche's maps are sized for its whole quota (up to this many vouchers)
+/// A tranche's indexes are sized for its whole quota (up to this many vouchers)
 /// when it is defined, so neither the release burst nor a replay pays for
-/// rehashing as they grow.
-const PRESIZED_VOUCHERS_MAX: u64 = 1 << 20;
+/// growing them. At the cap the three indexes take about 200 MiB; a bigger
+/// tranche grows them by doubling past it.
+const PRESIZED_VOUCHERS_MAX: u64 = 1 << 22;
 /// Identity keys expected per voucher when presizing (user ID plus one more).
 const PRESIZED_KEYS_PER_VOUCHER: usize = 2;
 /// Bounded attempts to find an unused voucher random; a collision of 64-bit
@@ -269,12 +271,6 @@ pub enum RedefineConflict {
     AlreadyOpened,
 }
 
-#[derive(Copy, Clone, Debug)]
-struct RequestAnswer {
-    fingerprint: u128,
-    voucher_index: u32,
-}
-
 /// The complete state of one tranche.
 #[derive(Clone, Debug)]
 pub struct TrancheBook {
@@ -283,14 +279,16 @@ pub struct TrancheBook {
     pub(super) paused: bool,
     pub(super) counties: Vec<CountyStock>,
     pub(super) vouchers: AppendLog<Voucher>,
-    pub(super) voucher_by_random: HashMap<u64, u32, DigestHasherBuilder>,
-    pub(super) holders: HashMap<KeyDigest, u32, DigestHasherBuilder>,
-    requests: HashMap<KeyDigest, RequestAnswer, DigestHasherBuilder>,
+    pub(super) voucher_by_random: DigestIndex<u64>,
+    pub(super) holders: DigestIndex<KeyDigest>,
+    /// Request ID digest → the voucher it was answered with (whose claim holds the
+    /// request's fingerprint).
+    requests: DigestIndex<KeyDigest>,
     pub(super) digest_key: DigestKey,
     /// Lifecycle of each voucher, parallel to `vouchers`.
     pub(super) status: Vec<VoucherStatus>,
     pub(super) redemptions: Vec<Redemption>,
-    pub(super) redemption_by_random: HashMap<u64, u32, DigestHasherBuilder>,
+    pub(super) redemption_by_random: DigestIndex<u64>,
     pub(super) revocations: Vec<Arc<super::event::VouchersRevoked>>,
     /// Vouchers currently in state `Claimed`.
     pub(super) claimed_live: u64,
@@ -334,22 +332,19 @@ impl TrancheBook {
                 spec: spec.clone(),
             }),
         });
-        let mut book = TrancheBook {
+        let book = TrancheBook {
             ordinal,
             spec,
             paused: false,
             counties,
             vouchers: AppendLog::default(),
-            voucher_by_random: HashMap::with_capacity_and_hasher(expected, DigestHasherBuilder),
-            holders: HashMap::with_capacity_and_hasher(
-                expected * PRESIZED_KEYS_PER_VOUCHER,
-                DigestHasherBuilder,
-            ),
-            requests: HashMap::with_capacity_and_hasher(expected, DigestHasherBuilder),
+            voucher_by_random: DigestIndex::with_capacity(expected),
+            holders: DigestIndex::with_capacity(expected * PRESIZED_KEYS_PER_VOUCHER),
+            requests: DigestIndex::with_capacity(expected),
             digest_key,
             status: Vec::with_capacity(expected),
             redemptions: Vec::new(),
-            redemption_by_random: HashMap::default(),
+            redemption_by_random: DigestIndex::default(),
             revocations: Vec::new(),
             claimed_live: 0,
             money: TrancheMoney::released(release),
@@ -358,29 +353,8 @@ impl TrancheBook {
             rollover_done: false,
             log,
         };
-        book.prefault_maps();
         book.check_money();
         book
-    }
-
-    /// Writes the memory of the presized maps once, when the tranche is
-    /// defined, so that the release burst does not take a first-touch page
-    /// fault on its inserts (a fresh presized map made them about 5x slower:
-    /// `benches/dedupe_insert.rs`). Each map is half filled with throwaway
-    /// keys, which lands entries on every page, then cleared; clearing keeps
-    /// the allocation.
-    fn prefault_maps(&mut self) {
-        fill_half_and_clear(&mut self.holders, |x| (KeyDigest(u128::from(x)), 0));
-        fill_half_and_clear(&mut self.requests, |x| {
-            (
-                KeyDigest(u128::from(x)),
-                RequestAnswer {
-                    fingerprint: 0,
-                    voucher_index: 0,
-                },
-            )
-        });
-        fill_half_and_clear(&mut self.voucher_by_random, |x| (x, 0));
     }
 
     pub fn ordinal(&self) -> u32 {
@@ -422,7 +396,7 @@ impl TrancheBook {
         if id.tranche_ordinal != self.ordinal {
             return None;
         }
-        let index = *self.voucher_by_random.get(&id.random)?;
+        let index = self.voucher_by_random.get(id.random)?;
         self.vouchers.get(index as usize)
     }
 
@@ -455,11 +429,11 @@ impl TrancheBook {
     pub fn decide_claim(&self, claim: &ClaimCommand<'_>, now: UnixMillis) -> ClaimDecision {
         // A retry is answered as before, whatever has changed since.
         let request = self.digest_key.request_digest(claim.request_id);
-        if let Some(answer) = self.requests.get(&request) {
-            return if answer.fingerprint == claim.request_fingerprint {
-                ClaimDecision::Replay {
-                    voucher_index: answer.voucher_index,
-                }
+        if let Some(voucher_index) = self.requests.get(request) {
+            return if self.voucher(voucher_index).claim.request_fingerprint
+                == claim.request_fingerprint
+            {
+                ClaimDecision::Replay { voucher_index }
             } else {
                 ClaimDecision::Refused(Refusal::RequestIdReused)
             };
@@ -482,7 +456,11 @@ impl TrancheBook {
             return ClaimDecision::Refused(Refusal::CountyNotInTranche { county });
         };
         let identity = self.digest_key.identity_digests(&claim.identity);
-        if let Some(&voucher_index) = identity.as_slice().iter().find_map(|d| self.holders.get(d)) {
+        if let Some(voucher_index) = identity
+            .as_slice()
+            .iter()
+            .find_map(|d| self.holders.get(*d))
+        {
             return ClaimDecision::AlreadyClaimed { voucher_index };
         }
         if self.counties[slot].remaining() == 0 {
@@ -536,13 +514,7 @@ impl TrancheBook {
                 self.spec.tranche_id
             );
         }
-        let previous = self.requests.insert(
-            digests.request,
-            RequestAnswer {
-                fingerprint: event.request_fingerprint,
-                voucher_index: index,
-            },
-        );
+        let previous = self.requests.insert(digests.request, index);
         assert!(previous.is_none(), "request answered twice");
         let previous = self.voucher_by_random.insert(event.voucher_random, index);
         assert!(previous.is_none(), "voucher ID issued twice");
@@ -567,7 +539,12 @@ impl TrancheBook {
 
     /// Whether a request with this digest was answered with a voucher.
     pub(super) fn request_answered(&self, request: &KeyDigest) -> bool {
-        self.requests.contains_key(request)
+        self.requests.contains(*request)
+    }
+
+    /// See [`DigestIndex::touch`].
+    pub(super) fn requests_touch(&self, requests: impl Iterator<Item = KeyDigest>) -> u32 {
+        self.requests.touch(requests)
     }
 
     pub fn decide_control(&self, control: TrancheControl, now: UnixMillis) -> ControlDecision {
@@ -648,7 +625,7 @@ impl TrancheBook {
     }
 
     fn unused_random(&self, entropy: u64) -> u64 {
-        unused_key(&self.voucher_by_random, entropy)
+        unused_key(entropy, |k| self.voucher_by_random.contains(k))
     }
 
     /// The voucher's position in this tranche, if it belongs here.
@@ -656,12 +633,12 @@ impl TrancheBook {
         if id.tranche_ordinal != self.ordinal {
             return None;
         }
-        self.voucher_by_random.get(&id.random).copied()
+        self.voucher_by_random.get(id.random)
     }
 
     /// The voucher an identity key holds in this tranche, if any.
     pub fn holder(&self, digest: KeyDigest) -> Option<u32> {
-        self.holders.get(&digest).copied()
+        self.holders.get(digest)
     }
 
     pub fn voucher_status(&self, index: u32) -> &VoucherStatus {
@@ -717,7 +694,7 @@ impl TrancheBook {
         assert!(
             self.holders
                 .values()
-                .all(|&i| (i as usize) < self.vouchers.len())
+                .all(|i| (i as usize) < self.vouchers.len())
         );
         assert_eq!(self.status.len(), self.vouchers.len());
         let live = self
@@ -730,31 +707,16 @@ impl TrancheBook {
     }
 }
 
-/// A key not yet in `map`, starting from `entropy` (CSPRNG output).
-pub(super) fn unused_key<V>(map: &HashMap<u64, V, DigestHasherBuilder>, entropy: u64) -> u64 {
+/// A key for which `taken` is false, starting from `entropy` (CSPRNG output).
+pub(super) fn unused_key(entropy: u64, taken: impl Fn(u64) -> bool) -> u64 {
     let mut candidate = entropy;
     for _ in 0..MAX_VOUCHER_ID_ATTEMPTS {
-        if !map.contains_key(&candidate) {
+        if !taken(candidate) {
             return candidate;
         }
         candidate = splitmix64(candidate);
     }
     panic!("no unused ID after {MAX_VOUCHER_ID_ATTEMPTS} attempts: entropy source is broken");
-}
-
-/// See [`TrancheBook::prefault_maps`]. Inserts stay below the capacity, so the
-/// map never reallocates; keys are spread uniformly by `splitmix64`.
-fn fill_half_and_clear<K: Eq + std::hash::Hash, V>(
-    map: &mut HashMap<K, V, DigestHasherBuilder>,
-    entry: impl Fn(u64) -> (K, V),
-) {
-    let mut x = 0u64;
-    for _ in 0..map.capacity() / 2 {
-        x = splitmix64(x);
-        let (key, value) = entry(x);
-        map.insert(key, value);
-    }
-    map.clear();
 }
 
 fn stock_for(spec: &TrancheSpec) -> Vec<CountyStock> {

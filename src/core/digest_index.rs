@@ -1,0 +1,275 @@
+//! An insert-only index from a uniformly distributed key (a keyed identity digest, a
+//! CSPRNG voucher random) to a `u32` position, built for the claim path and for replay.
+//!
+//! Why not `HashMap`: a tranche's indexes only ever grow (nothing is removed from the
+//! holders, requests or voucher-ID sets), their keys are already uniform, and the two hot
+//! loops want things a general map does not give:
+//! - **one flat slot array** of 24-byte slots, written sequentially when it is allocated
+//!   (so the release burst takes no first-touch page faults on it, and setting it up is a
+//!   memory fill, not millions of throwaway inserts);
+//! - **[`DigestIndex::touch`]**: replay computes the slots of a whole run of claims first
+//!   and loads each one, so the cache misses of a run overlap instead of being paid one
+//!   after another (a big tranche's index is far larger than the CPU caches).
+//!
+//! Linear probing at a load factor of at most one half: a lookup that misses, the common
+//! case on a fresh claim, reads about 2.5 consecutive slots, nearly always in one or two
+//! cache lines. The slot array doubles when it would pass the load factor.
+//!
+//! Invariant: at least one slot is always empty (load ≤ 1/2), so every probe ends.
+
+/// A key the index can hold: 64 or 128 bits of already uniform data.
+pub trait IndexKey: Copy + Eq + std::fmt::Debug {
+    /// The key as two words (the second is 0 for 64-bit keys).
+    fn words(self) -> [u64; 2];
+    fn from_words(words: [u64; 2]) -> Self;
+}
+
+impl IndexKey for u64 {
+    fn words(self) -> [u64; 2] {
+        [self, 0]
+    }
+    fn from_words(words: [u64; 2]) -> u64 {
+        words[0]
+    }
+}
+
+impl IndexKey for super::identity::KeyDigest {
+    fn words(self) -> [u64; 2] {
+        [self.0 as u64, (self.0 >> 64) as u64]
+    }
+    fn from_words(words: [u64; 2]) -> Self {
+        super::identity::KeyDigest(u128::from(words[0]) | (u128::from(words[1]) << 64))
+    }
+}
+
+/// Marks an empty slot. Values are positions in a tranche's voucher log, which is bounded
+/// far below this (`MAX_QUOTA_PER_COUNTY` × `MAX_COUNTIES_PER_TRANCHE` plus pool draws).
+const EMPTY: u32 = u32::MAX;
+/// The smallest slot array (a power of two).
+const MIN_SLOTS: usize = 16;
+/// Fibonacci hashing multiplier: spreads any bits of the key over the high bits.
+const SPREAD: u64 = 0x9e37_79b9_7f4a_7c15;
+
+#[derive(Copy, Clone, Debug)]
+struct Slot {
+    key: [u64; 2],
+    value: u32,
+}
+
+const EMPTY_SLOT: Slot = Slot {
+    key: [0, 0],
+    value: EMPTY,
+};
+
+#[derive(Clone, Debug)]
+pub struct DigestIndex<K: IndexKey> {
+    slots: Vec<Slot>,
+    /// `log2(slots.len())`.
+    bits: u32,
+    len: usize,
+    _key: std::marker::PhantomData<K>,
+}
+
+impl<K: IndexKey> Default for DigestIndex<K> {
+    fn default() -> Self {
+        DigestIndex::with_capacity(0)
+    }
+}
+
+impl<K: IndexKey> DigestIndex<K> {
+    /// An index that holds `entries` without growing. The slot array is written in full
+    /// here (every slot is initialised to empty), which also faults its pages in.
+    pub fn with_capacity(entries: usize) -> DigestIndex<K> {
+        let slots = entries
+            .saturating_mul(2)
+            .max(MIN_SLOTS)
+            .checked_next_power_of_two()
+            .expect("index capacity fits usize");
+        DigestIndex {
+            slots: vec![EMPTY_SLOT; slots],
+            bits: slots.trailing_zeros(),
+            len: 0,
+            _key: std::marker::PhantomData,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Entries it can hold before the slot array doubles.
+    pub fn capacity(&self) -> usize {
+        self.slots.len() / 2
+    }
+
+    fn home(&self, key: K) -> usize {
+        let [a, b] = key.words();
+        ((a ^ b.rotate_left(32)).wrapping_mul(SPREAD) >> (u64::BITS - self.bits)) as usize
+    }
+
+    fn mask(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    /// The slot holding `key`, or the empty slot where it would go.
+    fn find(&self, key: K) -> usize {
+        let words = key.words();
+        let mask = self.mask();
+        let mut i = self.home(key);
+        loop {
+            let slot = &self.slots[i];
+            if slot.value == EMPTY || slot.key == words {
+                return i;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    pub fn get(&self, key: K) -> Option<u32> {
+        let slot = &self.slots[self.find(key)];
+        (slot.value != EMPTY).then_some(slot.value)
+    }
+
+    pub fn contains(&self, key: K) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// Inserts `key → value` if `key` is absent; returns the value already there otherwise
+    /// (and changes nothing), like `HashMap::insert` without the overwrite.
+    pub fn insert(&mut self, key: K, value: u32) -> Option<u32> {
+        assert!(value != EMPTY, "index value {value} is reserved");
+        let at = self.find(key);
+        if self.slots[at].value != EMPTY {
+            return Some(self.slots[at].value);
+        }
+        if self.len + 1 > self.capacity() {
+            self.grow();
+            let at = self.find(key);
+            self.put(at, key, value);
+        } else {
+            self.put(at, key, value);
+        }
+        None
+    }
+
+    fn put(&mut self, at: usize, key: K, value: u32) {
+        self.slots[at] = Slot {
+            key: key.words(),
+            value,
+        };
+        self.len += 1;
+    }
+
+    fn grow(&mut self) {
+        let doubled = vec![EMPTY_SLOT; self.slots.len() * 2];
+        let old = std::mem::replace(&mut self.slots, doubled);
+        self.bits += 1;
+        self.len = 0;
+        for slot in old.into_iter().filter(|s| s.value != EMPTY) {
+            let key = K::from_words(slot.key);
+            let at = self.find(key);
+            self.put(at, key, slot.value);
+        }
+    }
+
+    /// Loads the home slot of each key and returns a value derived from them, to be
+    /// passed to `std::hint::black_box`. The loads are independent, so the CPU keeps many
+    /// cache misses in flight at once; the lookups that follow then hit the cache. This is
+    /// a prefetch in safe code.
+    pub fn touch(&self, keys: impl IntoIterator<Item = K>) -> u32 {
+        keys.into_iter()
+            .fold(0, |acc, key| acc ^ self.slots[self.home(key)].value)
+    }
+
+    /// Every (key, value) entry, in slot order.
+    pub fn iter(&self) -> impl Iterator<Item = (K, u32)> + '_ {
+        self.slots
+            .iter()
+            .filter(|s| s.value != EMPTY)
+            .map(|s| (K::from_words(s.key), s.value))
+    }
+
+    /// Every value, in slot order.
+    pub fn values(&self) -> impl Iterator<Item = u32> + '_ {
+        self.iter().map(|(_, v)| v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::core::identity::KeyDigest;
+
+    proptest! {
+        /// Any sequence of inserts and lookups answers exactly what a `HashMap` answers,
+        /// including keys that collide in their low bits and growth from the smallest size.
+        #[test]
+        fn agrees_with_a_hash_map(
+            ops in proptest::collection::vec((any::<bool>(), 0u64..512, any::<u64>()), 0..2_000),
+            presize in 0usize..64,
+        ) {
+            let mut index: DigestIndex<KeyDigest> = DigestIndex::with_capacity(presize);
+            let mut model: HashMap<KeyDigest, u32> = HashMap::new();
+            for (n, (is_insert, low, high)) in ops.into_iter().enumerate() {
+                // Few distinct low words and arbitrary high words: collisions of the home
+                // slot are common, equal keys recur.
+                let key = KeyDigest(u128::from(low) | (u128::from(high % 4) << 64));
+                if is_insert {
+                    let value = n as u32;
+                    let expected = model.get(&key).copied();
+                    if expected.is_none() {
+                        model.insert(key, value);
+                    }
+                    prop_assert_eq!(index.insert(key, value), expected);
+                } else {
+                    prop_assert_eq!(index.get(key), model.get(&key).copied());
+                }
+                prop_assert_eq!(index.len(), model.len());
+                prop_assert!(index.len() <= index.capacity());
+            }
+            let mut entries: Vec<_> = index.iter().map(|(k, v)| (k.0, v)).collect();
+            let mut expected: Vec<_> = model.iter().map(|(k, v)| (k.0, *v)).collect();
+            entries.sort_unstable();
+            expected.sort_unstable();
+            prop_assert_eq!(entries, expected);
+        }
+    }
+
+    #[test]
+    fn u64_keys_round_trip_and_grow() {
+        let mut index: DigestIndex<u64> = DigestIndex::default();
+        for i in 0..10_000u64 {
+            assert_eq!(index.insert(i.wrapping_mul(SPREAD), i as u32), None);
+        }
+        assert_eq!(index.len(), 10_000);
+        for i in 0..10_000u64 {
+            assert_eq!(index.get(i.wrapping_mul(SPREAD)), Some(i as u32));
+        }
+        assert_eq!(index.get(12345), None);
+        assert_eq!(index.insert(0, 7), Some(0), "the first value stays");
+    }
+
+    #[test]
+    fn presized_index_does_not_grow() {
+        let mut index: DigestIndex<u64> = DigestIndex::with_capacity(1_000);
+        let slots = index.slots.len();
+        for i in 0..1_000u64 {
+            index.insert(i, 1);
+        }
+        assert_eq!(index.slots.len(), slots);
+    }
+
+    #[test]
+    #[should_panic(expected = "reserved")]
+    fn the_empty_marker_is_not_a_value() {
+        DigestIndex::<u64>::default().insert(1, EMPTY);
+    }
+}
