@@ -236,16 +236,9 @@ pub enum ReplayError {
     State(ReplayConflict),
 }
 
-impl ReplayError {
-    /// The seq of the record refused, if one record was.
-    pub fn seq(&self) -> Option<u64> {
-        match self {
-            ReplayError::Decode { seq, .. }
-            | ReplayError::Inconsistent { seq, .. }
-            | ReplayError::Conflict { seq, .. } => Some(*seq),
-            ReplayError::State(_) => None,
-        }
-    }
+/// Decodes one WAL or snapshot record for [`Recovered::apply_decoded`].
+pub fn decode_record(seq: u64, kind: u8, payload: &[u8]) -> Result<Event, ReplayError> {
+    journal::decode(kind, payload).map_err(|source| ReplayError::Decode { seq, source })
 }
 
 /// What an import, or its dry run, amounts to.
@@ -347,14 +340,19 @@ impl Recovered {
         kind: u8,
         payload: &[u8],
     ) -> Result<(), ReplayError> {
-        if kind != journal::KIND_VOUCHER_CLAIMED {
-            self.finish()?;
-            return self.apply(seq, kind, payload);
-        }
-        let event =
-            journal::decode(kind, payload).map_err(|source| ReplayError::Decode { seq, source })?;
+        self.apply_decoded_deferred(seq, kind, decode_record(seq, kind, payload)?)
+    }
+
+    /// [`Self::apply_deferred`] of a record already decoded (by [`decode_record`]).
+    pub fn apply_decoded_deferred(
+        &mut self,
+        seq: u64,
+        kind: u8,
+        event: Event,
+    ) -> Result<(), ReplayError> {
         let Event::VoucherClaimed(claim) = event else {
-            unreachable!("a claim record decodes to a claim");
+            self.finish()?;
+            return self.apply_decoded(seq, kind, event);
         };
         self.records += 1;
         self.deferred_claims.push((seq, claim));
@@ -451,9 +449,14 @@ impl Recovered {
     /// (`core::replay`). One that is not is refused with
     /// [`ReplayError::Conflict`] and nothing of it is applied.
     pub fn apply(&mut self, seq: u64, kind: u8, payload: &[u8]) -> Result<(), ReplayError> {
-        self.assert_nothing_deferred();
         let event =
             journal::decode(kind, payload).map_err(|source| ReplayError::Decode { seq, source })?;
+        self.apply_decoded(seq, kind, event)
+    }
+
+    /// [`Self::apply`] of a record already decoded (by [`decode_record`]).
+    pub fn apply_decoded(&mut self, seq: u64, kind: u8, event: Event) -> Result<(), ReplayError> {
+        self.assert_nothing_deferred();
         let conflict = |conflict: ReplayConflict| ReplayError::Conflict {
             seq,
             kind,

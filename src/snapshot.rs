@@ -443,12 +443,18 @@ impl Verified {
         let mut index = 0u64;
         // Claims are applied in runs (`apply_deferred`), so a refusal can name a claim up
         // to a run behind the current record: keep the positions of the recent ones.
-        let mut recent: VecDeque<(u64, u64)> = VecDeque::with_capacity(REPLAY_RUN_CLAIMS + 1);
-        let mut refused = |e: ReplayError, recent: &VecDeque<(u64, u64)>, current: u64| {
-            let record = e
-                .seq()
-                .and_then(|seq| recent.iter().find(|(s, _)| *s == seq).map(|(_, i)| *i))
-                .unwrap_or(current);
+        // (A snapshot's seqs are not unique across record kinds: match the kind too.)
+        let mut recent: VecDeque<(u8, u64, u64)> = VecDeque::with_capacity(REPLAY_RUN_CLAIMS + 1);
+        let mut refused = |e: ReplayError, recent: &VecDeque<(u8, u64, u64)>, current: u64| {
+            let record = match &e {
+                ReplayError::Conflict { seq, kind, .. } => recent
+                    .iter()
+                    .rev()
+                    .find(|(k, s, _)| k == kind && s == seq)
+                    .map(|(_, _, i)| *i),
+                _ => None,
+            }
+            .unwrap_or(current);
             let text = e.to_string();
             failure = Some((record, e));
             text
@@ -462,7 +468,7 @@ impl Verified {
             if recent.len() > REPLAY_RUN_CLAIMS {
                 recent.pop_front();
             }
-            recent.push_back((seq, index));
+            recent.push_back((kind, seq, index));
             recovered
                 .apply_deferred(seq, kind, payload)
                 .map_err(|e| refused(e, &recent, index))?;
@@ -586,6 +592,25 @@ pub fn load_latest(dir: &Path, recovered: &mut Recovered) -> Result<Option<Loade
         }
     }
     Ok(None)
+}
+
+/// At start: removes published snapshots beyond the newest [`SNAPSHOTS_KEPT`] that are
+/// older than the one recovery loaded (`loaded_covered_seq`), which is never removed.
+/// Returns how many were removed.
+pub fn remove_older_than_kept(dir: &Path, loaded_covered_seq: u64) -> Result<u64, SnapshotError> {
+    let mut removed = 0;
+    for (seq, path) in list(dir)?.into_iter().skip(SNAPSHOTS_KEPT) {
+        if seq < loaded_covered_seq {
+            fs::remove_file(&path).map_err(io("remove", &path))?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("fsync directory", dir))?;
+    }
+    Ok(removed)
 }
 
 fn remove_old(dir: &Path) -> Result<(), SnapshotError> {

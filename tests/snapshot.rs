@@ -172,6 +172,42 @@ fn restart_removes_the_temporary_files_a_crash_left() {
     check_all_present(&daemon, "t1", &acked);
 }
 
+/// A kill between publishing a snapshot and removing the oldest leaves one more than
+/// are kept; restart removes the extra old ones (never the one it loaded), so repeated
+/// crashes cannot pile snapshots up.
+#[test]
+fn restart_removes_old_snapshots_a_crash_left() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = snapshot_config();
+    let daemon = start(dir.path(), &config);
+    daemon.create_tranche("t1", &open_tranche_body(&quotas()));
+    let acked = claim_concurrently(&daemon, "t1", "a", 100);
+    let covered = wait_for_snapshot(dir.path(), 50);
+    daemon.kill();
+    let snapshot_dir = snapshot::directory(&dir.path().join("data"));
+    // What the crash leaves: an old snapshot that was about to be removed.
+    let (_, newest) = snapshots(dir.path())
+        .into_iter()
+        .next()
+        .expect("a snapshot");
+    let extra = snapshot_dir.join(format!("{:020}.snap", 1));
+    std::fs::copy(&newest, &extra).expect("copy");
+    let filler = snapshot_dir.join(format!("{:020}.snap", 2));
+    std::fs::copy(&newest, &filler).expect("copy");
+    assert!(snapshots(dir.path()).len() > snapshot::SNAPSHOTS_KEPT);
+
+    let daemon = start(dir.path(), &config);
+    daemon.wait_for_stderr("removed old snapshots a crash left behind");
+    let left = snapshots(dir.path());
+    assert!(left.len() <= snapshot::SNAPSHOTS_KEPT, "{left:?}");
+    assert!(
+        left.iter().any(|(seq, _)| *seq >= covered),
+        "the loaded snapshot is kept: {left:?}"
+    );
+    assert!(!extra.exists(), "the oldest extra snapshot is removed");
+    check_all_present(&daemon, "t1", &acked);
+}
+
 /// Every byte of a snapshot is covered by a checksum or a structural check:
 /// any single flipped bit, and any truncation, is refused, never applied.
 #[test]
