@@ -9,13 +9,16 @@
 //!
 //! The script, per claim: `SISMEMBER` dedupe on every identity key (with an
 //! explicit `== 1`: in Lua a 0 is truthy), a stock check, `DECR`, `SADD` of
-//! the keys, and `XADD` of the claim to a stream. Answers: `201 claimed`,
-//! `409 already_claimed`, `410 sold_out`, `422 outside_area`. Unlike voucherd
-//! it keeps no request-ID idempotency and shows no voucher on a 409, which
-//! saves it work.
+//! the keys, and `XADD` of the claim to a stream. The request body, the
+//! answers and the HTTP side are `claim_api.rs`, shared with `postgres_claim`:
+//! `201 claimed`, `409 already_claimed`, `410 sold_out`, `422 outside_area`.
+//! Unlike voucherd it keeps no request-ID idempotency and shows no voucher on
+//! a 409, which saves it work.
 //!
 //!     redis_claim --listen 127.0.0.1:18195 --geojson ../shared/data/yichang-420500.geojson \
 //!         --tranche bench --quota-per-county 10000000
+
+mod claim_api;
 
 use std::convert::Infallible;
 use std::io;
@@ -24,25 +27,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use clap::Parser;
-use http_body_util::{BodyExt, Full};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
-use voucherd::geo::{PolygonIndex, parse_feature_collection};
+use voucherd::geo::PolygonIndex;
+
+use claim_api::{Answer, Claim};
 
 /// Longest wait for redis-server to accept connections.
 const REDIS_START_DEADLINE: Duration = Duration::from_secs(20);
 /// Largest redis reply accepted.
 const MAX_REPLY_BYTES: usize = 1 << 20;
-/// Largest claim body read.
-const MAX_BODY_BYTES: usize = 8192;
 
 const CLAIM_SCRIPT: &str = r#"
 local t = ARGV[1]
@@ -89,34 +86,6 @@ struct Args {
     quota_per_county: u64,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ClaimBody {
-    tranche_id: String,
-    user_id: String,
-    #[serde(default)]
-    identity: Option<IdentityBody>,
-    location: LocationBody,
-    request_id: String,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct IdentityBody {
-    id_hash: Option<String>,
-    phone_hash: Option<String>,
-    device_id: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LocationBody {
-    lng: f64,
-    lat: f64,
-    #[serde(default)]
-    crs: Option<String>,
-}
-
 struct Peer {
     index: PolygonIndex,
     tranche: String,
@@ -126,12 +95,7 @@ struct Peer {
 
 fn main() -> io::Result<()> {
     let args = Args::parse();
-    let bytes = std::fs::read(&args.geojson)?;
-    let shapes = parse_feature_collection(&bytes)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    let index = PolygonIndex::build(&shapes)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-    let counties: Vec<u32> = shapes.iter().map(|s| s.adcode).collect();
+    let (index, counties) = claim_api::load_counties(&args.geojson)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -200,95 +164,43 @@ async fn serve(
     let listener = TcpListener::bind(args.listen).await?;
     println!(
         "redis_claim listening {} (redis-server on {redis_addr}, appendfsync always)",
-        args.listen
+        listener.local_addr()?
     );
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => accepted?,
-            _ = terminate.recv() => return Ok(()),
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        };
-        let _ = stream.set_nodelay(true);
+    claim_api::serve_until_signal(listener, || {
         let peer = peer.clone();
         // One redis connection per HTTP connection, opened on first use.
         let redis: Arc<Mutex<Option<RedisConnection>>> = Arc::new(Mutex::new(None));
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let peer = peer.clone();
-                let redis = redis.clone();
-                async move { Ok::<_, Infallible>(handle(&peer, &redis, request).await) }
-            });
-            let mut builder = http1::Builder::new();
-            builder.timer(TokioTimer::new()).keep_alive(true);
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        service_fn(move |request| {
+            let peer = peer.clone();
+            let redis = redis.clone();
+            async move {
+                Ok::<_, Infallible>(
+                    match claim_api::read_claim(&peer.index, &peer.tranche, request).await {
+                        Ok(claim) => decide(&peer, &redis, claim).await,
+                        Err(answer) => answer,
+                    },
+                )
+            }
+        })
+    })
+    .await
 }
 
-fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
-    response
-}
-
-fn outcome(status: StatusCode, outcome: &str) -> Response<Full<Bytes>> {
-    reply(status, format!(r#"{{"outcome":"{outcome}"}}"#))
-}
-
-async fn handle(
-    peer: &Peer,
-    redis: &Mutex<Option<RedisConnection>>,
-    request: Request<hyper::body::Incoming>,
-) -> Response<Full<Bytes>> {
-    match (request.method(), request.uri().path()) {
-        (&Method::GET, "/readyz") => return outcome(StatusCode::OK, "ready"),
-        (&Method::POST, "/v1/claims") => {}
-        _ => return outcome(StatusCode::NOT_FOUND, "not_found"),
-    }
-    let body = match http_body_util::Limited::new(request.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return outcome(StatusCode::BAD_REQUEST, "invalid_request"),
-    };
-    let Ok(claim) = serde_json::from_slice::<ClaimBody>(&body) else {
-        return outcome(StatusCode::BAD_REQUEST, "invalid_request");
-    };
-    if claim.tranche_id != peer.tranche {
-        return outcome(StatusCode::NOT_FOUND, "unknown_tranche");
-    }
-    let (lng, lat) = match claim.location.crs.as_deref() {
-        None | Some("gcj02") => (claim.location.lng, claim.location.lat),
-        Some("wgs84") => {
-            voucherd::geo::gcj02::wgs84_to_gcj02(claim.location.lng, claim.location.lat)
-        }
-        Some(_) => return outcome(StatusCode::BAD_REQUEST, "invalid_request"),
-    };
-    let Some(county) = peer.index.locate(lng, lat) else {
-        return outcome(StatusCode::UNPROCESSABLE_ENTITY, "outside_area");
-    };
-    let identity = claim.identity.unwrap_or_default();
+async fn decide(peer: &Peer, redis: &Mutex<Option<RedisConnection>>, claim: Claim) -> Answer {
+    let county = claim.county;
     let mut keys = vec![format!("u:{}", claim.user_id)];
-    if let Some(h) = identity.id_hash {
-        keys.push(format!("i:{}", h.to_ascii_lowercase()));
+    if let Some(h) = claim.id_hash {
+        keys.push(format!("i:{h}"));
     }
-    if let Some(h) = identity.phone_hash {
-        keys.push(format!("p:{}", h.to_ascii_lowercase()));
+    if let Some(h) = claim.phone_hash {
+        keys.push(format!("p:{h}"));
     }
-    if let Some(d) = identity.device_id {
+    if let Some(d) = claim.device_id {
         keys.push(format!("d:{d}"));
     }
     let county_text = county.to_string();
     let n = keys.len().to_string();
-    let location = format!("{lng},{lat}");
+    let location = format!("{},{}", claim.lng, claim.lat);
     let mut argv: Vec<&[u8]> = vec![
         b"EVALSHA",
         peer.script_sha.as_bytes(),
@@ -305,7 +217,7 @@ async fn handle(
     if guard.is_none() {
         match connect_redis(peer.redis).await {
             Ok(c) => *guard = Some(c),
-            Err(_) => return outcome(StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Err(_) => return claim_api::unavailable(),
         }
     }
     let conn = guard.as_mut().expect("connected above");
@@ -313,22 +225,17 @@ async fn handle(
     drop(guard);
     match answer {
         Ok(Reply::Array(items)) => match items.as_slice() {
-            [Reply::Integer(201), Reply::Bulk(Some(id))] => reply(
-                StatusCode::CREATED,
-                format!(
-                    r#"{{"outcome":"claimed","voucher":{{"id":"{}","tranche_id":"{}","county":"{county}","state":"claimed"}}}}"#,
-                    String::from_utf8_lossy(id),
-                    peer.tranche
-                ),
-            ),
-            [Reply::Integer(409)] => outcome(StatusCode::CONFLICT, "already_claimed"),
-            [Reply::Integer(410)] => outcome(StatusCode::GONE, "sold_out"),
-            [Reply::Integer(422)] => outcome(StatusCode::UNPROCESSABLE_ENTITY, "outside_area"),
-            _ => outcome(StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            [Reply::Integer(201), Reply::Bulk(Some(id))] => {
+                claim_api::claimed(&String::from_utf8_lossy(id), &peer.tranche, county)
+            }
+            [Reply::Integer(409)] => claim_api::already_claimed(),
+            [Reply::Integer(410)] => claim_api::sold_out(),
+            [Reply::Integer(422)] => claim_api::outside_area(),
+            _ => claim_api::internal(),
         },
         _ => {
             *redis.lock().await = None;
-            outcome(StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            claim_api::unavailable()
         }
     }
 }

@@ -1,5 +1,5 @@
-//! `loadtest compare`: the HTTP ceiling, voucherd and the Redis peer, measured
-//! on one machine in one run with the same generator and settings.
+//! `loadtest compare`: the HTTP ceiling, voucherd and the Redis and PostgreSQL
+//! peers, measured on one machine in one run with the same generator and settings.
 //!
 //! Round by round, each server is started fresh, warmed up and driven closed
 //! loop (every connection sends its next claim as soon as it has an answer)
@@ -10,7 +10,12 @@
 //! - `voucherd`: `target/release/voucherd serve`, durable WAL (every `201`
 //!   waits for its batch's msync), data under `target/loadtest-compare/`;
 //! - `redis`: `loadtest/peers/redis_claim.rs`, hyper in front of redis-server
-//!   with `appendfsync always` running a Lua claim script.
+//!   with `appendfsync always` running a Lua claim script;
+//! - `postgres` (only when asked for: each round creates a cluster with
+//!   initdb): `loadtest/peers/postgres_claim.rs`, hyper in front of PostgreSQL
+//!   with `synchronous_commit = on`, one transaction per claim (`INSERT ... ON
+//!   CONFLICT DO NOTHING` into `claims`, then the county's hot-row `UPDATE ...
+//!   WHERE remaining > 0`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -53,7 +58,8 @@ pub struct CompareConfig {
     /// Also run an open loop at half of each server's saturated rate.
     #[arg(long)]
     pub open_loop: bool,
-    /// Which servers to run, in order: `hello`, `voucherd`, `redis`, and
+    /// Which servers to run, in order: `hello`, `voucherd`, `redis`, `postgres`
+    /// (not in the default: it creates a PostgreSQL cluster every round), and
     /// `voucherd@PATH` for another voucherd binary (a same-run before/after).
     #[arg(long, value_delimiter = ',', default_value = "hello,voucherd,redis")]
     pub servers: Vec<String>,
@@ -69,12 +75,14 @@ pub struct CompareConfig {
     pub hello_bin: PathBuf,
     #[arg(long, default_value = "target/release/redis_claim")]
     pub redis_peer_bin: PathBuf,
+    #[arg(long, default_value = "target/release/postgres_claim")]
+    pub postgres_peer_bin: PathBuf,
     #[arg(long, default_value = "../shared/data/yichang-420500.geojson")]
     pub geojson: PathBuf,
     /// Scratch space: configs, WAL, results.
     #[arg(long, default_value = "target/loadtest-compare")]
     pub work_dir: PathBuf,
-    /// First of the loopback ports used (servers take base..base+5).
+    /// First of the loopback ports used (servers take base..base+7).
     #[arg(long, default_value_t = 18180)]
     pub port_base: u16,
     /// Vouchers per county (never sells out).
@@ -114,7 +122,7 @@ struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // SIGTERM so the Redis peer stops its redis-server; then reap.
+        // SIGTERM so a peer stops its redis-server or PostgreSQL; then reap.
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -130,7 +138,8 @@ impl Drop for Server {
 }
 
 pub async fn run(cfg: CompareConfig) -> Result<bool, String> {
-    for bin in [&cfg.voucherd_bin, &cfg.hello_bin, &cfg.redis_peer_bin] {
+    for name in &cfg.servers {
+        let bin = server_bin(&cfg, name)?;
         if !bin.exists() {
             return Err(format!(
                 "{} is missing: cargo build --release -p voucherd --bin voucherd --example hello_server && cargo build --release -p loadtest",
@@ -140,6 +149,9 @@ pub async fn run(cfg: CompareConfig) -> Result<bool, String> {
     }
     if cfg.servers.iter().any(|s| s == "redis") {
         ensure_redis_server()?;
+    }
+    if cfg.servers.iter().any(|s| s == "postgres") {
+        ensure_postgresql()?;
     }
     let geojson = std::fs::canonicalize(&cfg.geojson)
         .map_err(|e| format!("{}: {e}", cfg.geojson.display()))?;
@@ -227,7 +239,7 @@ pub async fn run(cfg: CompareConfig) -> Result<bool, String> {
     let by_name: BTreeMap<&str, &Median> = medians.iter().map(|m| (m.server.as_str(), m)).collect();
     let mut ratios = BTreeMap::new();
     for v in medians.iter().filter(|m| m.server.starts_with("voucherd")) {
-        for other in ["hello", "redis", "voucherd"] {
+        for other in ["hello", "redis", "postgres", "voucherd"] {
             if let Some(o) = by_name.get(other)
                 && o.server != v.server
             {
@@ -250,6 +262,24 @@ pub async fn run(cfg: CompareConfig) -> Result<bool, String> {
     )?;
     println!("  wrote {}", path.display());
     Ok(true)
+}
+
+/// The binary that serves `name` (one of the `--servers` names).
+fn server_bin(cfg: &CompareConfig, name: &str) -> Result<PathBuf, String> {
+    Ok(match name {
+        "hello" => cfg.hello_bin.clone(),
+        "redis" => cfg.redis_peer_bin.clone(),
+        "postgres" => cfg.postgres_peer_bin.clone(),
+        "voucherd" => cfg.voucherd_bin.clone(),
+        other => match other.strip_prefix("voucherd@") {
+            Some(path) => PathBuf::from(path),
+            None => return Err(unknown_server(other)),
+        },
+    })
+}
+
+fn unknown_server(name: &str) -> String {
+    format!("unknown server {name:?} (hello, voucherd, voucherd@PATH, redis, postgres)")
 }
 
 fn rate_of(r: &SteadyResult) -> f64 {
@@ -424,10 +454,7 @@ async fn start(
             }
         }
         voucherd if voucherd.starts_with("voucherd") => {
-            let bin = match voucherd.split_once('@') {
-                Some((_, path)) => PathBuf::from(path),
-                None => cfg.voucherd_bin.clone(),
-            };
+            let bin = server_bin(cfg, voucherd)?;
             let data = cfg.work_dir.join("data");
             let _ = std::fs::remove_dir_all(&data);
             let mut c = Command::new(&bin);
@@ -461,7 +488,26 @@ async fn start(
                 public,
             }
         }
-        other => return Err(format!("unknown server {other:?} (hello, voucherd, redis)")),
+        "postgres" => {
+            let public = loopback(base + 5);
+            let mut c = Command::new(&cfg.postgres_peer_bin);
+            c.arg("--listen")
+                .arg(public.to_string())
+                .arg("--pg-port")
+                .arg((base + 6).to_string())
+                .arg("--geojson")
+                .arg(geojson)
+                .arg("--tranche")
+                .arg(TRANCHE_ID)
+                .arg("--quota-per-county")
+                .arg(cfg.quota_per_county.to_string());
+            quiet(&mut c);
+            Server {
+                child: c.spawn().map_err(|e| format!("postgres_claim: {e}"))?,
+                public,
+            }
+        }
+        other => return Err(unknown_server(other)),
     };
     if name == "hello" {
         wait_connect(server.public).await?;
@@ -540,7 +586,7 @@ geojson_path = "{}"
 }
 
 /// Installs the `redis-server` package with apt when the Redis peer is asked for and
-/// `redis-server` is not on the PATH (with sudo unless already root).
+/// `redis-server` is not on the PATH.
 fn ensure_redis_server() -> Result<(), String> {
     let found = Command::new("redis-server")
         .arg("--version")
@@ -552,6 +598,44 @@ fn ensure_redis_server() -> Result<(), String> {
         return Ok(());
     }
     println!("compare: redis-server not found; installing it with apt-get");
+    apt_install("redis-server")
+}
+
+/// Installs the `postgresql` package with apt when the PostgreSQL peer is asked for
+/// and no server binaries are found (see [`postgres_bin_dir`]).
+fn ensure_postgresql() -> Result<(), String> {
+    if postgres_bin_dir().is_some() {
+        return Ok(());
+    }
+    println!("compare: PostgreSQL server binaries not found; installing postgresql with apt-get");
+    apt_install("postgresql")?;
+    postgres_bin_dir()
+        .map(|_| ())
+        .ok_or_else(|| "postgresql installed, yet no initdb and postgres found".to_owned())
+}
+
+/// Where PostgreSQL's `initdb` and `postgres` are: the newest
+/// `/usr/lib/postgresql/<version>/bin` (Debian keeps them off the PATH), else a
+/// PATH directory holding both.
+pub fn postgres_bin_dir() -> Option<PathBuf> {
+    let both = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
+    let newest = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            both(&bin).then_some((version, bin))
+        })
+        .max_by_key(|(version, _)| *version)
+        .map(|(_, bin)| bin);
+    newest.or_else(|| std::env::split_paths(&std::env::var_os("PATH")?).find(|dir| both(dir)))
+}
+
+/// `apt-get update`, then `apt-get install` of one package (with sudo unless
+/// already root).
+fn apt_install(package: &str) -> Result<(), String> {
     let root = Command::new("id")
         .arg("-u")
         .output()
@@ -576,5 +660,5 @@ fn ensure_redis_server() -> Result<(), String> {
         }
     };
     apt(&["update"])?;
-    apt(&["install", "-y", "--no-install-recommends", "redis-server"])
+    apt(&["install", "-y", "--no-install-recommends", package])
 }

@@ -17,7 +17,8 @@ pub fn self_cpu_seconds() -> f64 {
     stat_cpu(Path::new("/proc/self/stat")).unwrap_or(0.0)
 }
 
-/// CPU seconds of a process and its descendants (e.g. a peer and its redis-server).
+/// CPU seconds of a process and its descendants (e.g. a peer and its redis-server,
+/// or its PostgreSQL postmaster and backends).
 pub fn tree_cpu_seconds(pid: u32) -> f64 {
     let mut total = 0.0;
     let mut pending = vec![pid];

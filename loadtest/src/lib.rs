@@ -9,8 +9,9 @@
 //!   (saturation, for the side-by-side comparison).
 //! - [`verify`]: after a run, the tranche's own view against what the tool saw:
 //!   no over-issue, no identity twice, issued + remaining = quota per county.
-//! - [`compare`]: the hello server, voucherd and a Redis peer measured in one
-//!   run with the same generator and settings.
+//! - [`compare`]: the hello server, voucherd, a Redis peer and (when asked
+//!   for) a PostgreSQL peer measured in one run with the same generator and
+//!   settings.
 //!
 //! The client is raw tokio TCP with a minimal HTTP/1.1 writer and reader
 //! ([`http`]), so the generator costs little CPU; every run reports it.

@@ -34,7 +34,7 @@ enum Command {
     Rate(RateArgs),
     /// Closed loop: every connection sends as soon as it has an answer.
     Saturate(SaturateArgs),
-    /// hello server, voucherd and the Redis peer, measured in one run.
+    /// hello server, voucherd and the Redis (and, if asked, PostgreSQL) peers, measured in one run.
     Compare(CompareArgs),
 }
 
