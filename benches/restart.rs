@@ -20,7 +20,7 @@ use voucherd::core::{
     CampaignSpec, CountyCode, Crs, DigestKey, Event, Location, MerchantRules, TrancheSpec,
     UnixMillis, VoucherClaimed,
 };
-use voucherd::dispenser::{CountyDirectory, Dispenser, Recovered};
+use voucherd::dispenser::{CountyDirectory, Dispenser, Recovered, replay_on_two_threads};
 use voucherd::geo::{RegionIndex, SeatIndex};
 use voucherd::{journal, snapshot, wal};
 
@@ -119,11 +119,12 @@ fn build(dir: &Path, claims: u64) {
 fn replay(dir: &Path) -> (Recovered, wal::Wal, u64, Duration) {
     let started = Instant::now();
     let mut recovered = Recovered::new(DigestKey::new(1, 2));
-    let (wal, report) = wal::open(options(dir), |r| {
-        recovered.apply_deferred(r.seq, r.kind, r.payload)
-    })
-    .expect("replay");
-    recovered.finish().expect("replay the last run");
+    // As `voucherd serve` does it: decode on this thread, apply on a second one.
+    let (opened, applied) = replay_on_two_threads(&mut recovered, |feed| {
+        wal::open(options(dir), |r| feed.push(r.seq, r.kind, r.payload))
+    });
+    applied.expect("every record applies");
+    let (wal, report) = opened.expect("replay");
     (recovered, wal, report.records, started.elapsed())
 }
 

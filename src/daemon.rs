@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::api::{self, App, Listener};
 use crate::config::{self, Config, RegionSource};
 use crate::core::{DigestKey, MerchantRules, TrancheSpec, UnixMillis};
-use crate::dispenser::{CountyDirectory, Defined, Dispenser, Recovered};
+use crate::dispenser::{CountyDirectory, Defined, Dispenser, Recovered, replay_on_two_threads};
 use crate::geo::{self, RegionIndex};
 use crate::snapshot;
 use crate::telemetry::{Telemetry, WalTelemetry};
@@ -312,17 +312,20 @@ fn recover(config: &Config, regions: RegionIndex) -> Result<(Dispenser, u64), i3
     };
     let mut tail_records = 0u64;
     // Records the snapshot already holds are validated by the WAL but not applied again.
-    let opened = wal::open(options, |record| {
-        if record.seq <= covered_seq {
-            return Ok(());
-        }
-        tail_records += 1;
-        recovered.apply_deferred(record.seq, record.kind, record.payload)
-    })
-    .and_then(|opened| {
-        recovered.finish().map_err(wal::OpenError::Callback)?;
-        Ok(opened)
+    // Reading, checksums and decoding on this thread; applying on a second one.
+    let (opened, applied) = replay_on_two_threads(&mut recovered, |feed| {
+        wal::open(options, |record| {
+            if record.seq <= covered_seq {
+                return Ok(());
+            }
+            tail_records += 1;
+            feed.push(record.seq, record.kind, record.payload)
+        })
     });
+    let opened = match (opened, applied) {
+        (_, Err(refused)) => Err(wal::OpenError::Callback(refused)),
+        (opened, Ok(())) => opened,
+    };
     let (wal, report) = match opened {
         Ok(pair) => pair,
         Err(e) => {

@@ -691,3 +691,63 @@ fn a_restore_after_a_partial_return_replays_and_overdrafts_are_refused() {
     );
     recovered.check_invariants();
 }
+
+/// The daemon's two-thread replay: the applying thread's refusal of a record deep in the
+/// feed (several batches in) is reported with that record's seq, the feed is told to stop,
+/// and a clean feed of the same records builds the same state as `apply`.
+#[test]
+fn replay_on_two_threads_reports_the_refused_record() {
+    let claims = 3 * voucherd::dispenser::REPLAY_PIPELINE_BATCH_RECORDS as u64;
+    let refused_at = claims / 2 + 7;
+    let mut events = vec![
+        campaign("c1", 10_000_000_000),
+        tranche(0, "t1", "c1", &[(A, claims as u32), (B, 1)]),
+    ];
+    for i in 0..claims {
+        let seq = events.len() as u64 + 1;
+        let user = if seq == refused_at {
+            "user-0".to_string() // already holds a voucher
+        } else {
+            format!("user-{i}")
+        };
+        events.push(Event::VoucherClaimed(claim("t1", &user, A, 1_000 + i)));
+    }
+    let records = encoded(&events);
+    let mut recovered = Recovered::new(DigestKey::new(1, 2));
+    let (fed, applied) = voucherd::dispenser::replay_on_two_threads(&mut recovered, |feed| {
+        records
+            .iter()
+            .try_for_each(|(kind, seq, payload)| feed.push(*seq, *kind, payload))
+    });
+    match applied {
+        Err(ReplayError::Conflict { seq, conflict, .. }) => {
+            assert_eq!(seq, refused_at);
+            assert_eq!(conflict, ReplayConflict::IdentityHoldsVoucher);
+        }
+        other => panic!("expected the duplicate to be refused, got {other:?}"),
+    }
+    assert!(matches!(fed, Ok(()) | Err(ReplayError::Stopped)), "{fed:?}");
+
+    // Without the duplicate, every record is applied (the last, partial batch too) and the
+    // state passes its invariants, as with `apply` one record at a time.
+    let clean: Vec<_> = records
+        .iter()
+        .filter(|(_, seq, _)| *seq != refused_at)
+        .collect();
+    let mut piped = Recovered::new(DigestKey::new(1, 2));
+    let (fed, applied) = voucherd::dispenser::replay_on_two_threads(&mut piped, |feed| {
+        clean
+            .iter()
+            .try_for_each(|(kind, seq, payload)| feed.push(*seq, *kind, payload))
+    });
+    fed.expect("fed");
+    applied.expect("applied");
+    let mut one_by_one = Recovered::new(DigestKey::new(1, 2));
+    for (kind, seq, payload) in &clean {
+        one_by_one.apply(*seq, *kind, payload).expect("applies");
+    }
+    piped.check_invariants();
+    one_by_one.check_invariants();
+    assert_eq!(piped.records, one_by_one.records);
+    assert_eq!(piped.records, claims + 1);
+}
