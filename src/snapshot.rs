@@ -29,7 +29,6 @@
 //! shipped them (a later feature), so a damaged snapshot can always be
 //! rebuilt from the log.
 
-use std::collections::VecDeque;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -37,7 +36,7 @@ use std::path::{Path, PathBuf};
 use crate::core::append_log::SharedLog;
 use crate::core::tranche::LogEntry;
 use crate::core::{CampaignSpec, Event, MerchantShare, UnixMillis, Voucher};
-use crate::dispenser::{REPLAY_RUN_CLAIMS, Recovered, ReplayError};
+use crate::dispenser::{Recovered, ReplayError, replay_on_two_threads};
 use crate::journal;
 
 const MAGIC: &[u8; 8] = b"VCHRSNAP";
@@ -437,62 +436,47 @@ impl Verified {
     /// before it is refused with its position (`recovered` then holds part of
     /// the snapshot and must be dropped).
     pub fn apply(self, recovered: &mut Recovered) -> Result<Loaded, SnapshotError> {
-        let body_end = self.bytes.len() - TRAILER_BYTES;
+        let body = &self.bytes[HEADER_BYTES..self.bytes.len() - TRAILER_BYTES];
         let covered_seq = self.covered_seq;
-        let mut failure = None;
-        let mut index = 0u64;
-        // Claims are applied in runs (`apply_deferred`), so a refusal can name a claim up
-        // to a run behind the current record: keep the positions of the recent ones.
-        // (A snapshot's seqs are not unique across record kinds: match the kind too.)
-        let mut recent: VecDeque<(u8, u64, u64)> = VecDeque::with_capacity(REPLAY_RUN_CLAIMS + 1);
-        let mut refused = |e: ReplayError, recent: &VecDeque<(u8, u64, u64)>, current: u64| {
-            let record = match &e {
-                ReplayError::Conflict { seq, kind, .. } => recent
-                    .iter()
-                    .rev()
-                    .find(|(k, s, _)| k == kind && s == seq)
-                    .map(|(_, _, i)| *i),
-                _ => None,
-            }
-            .unwrap_or(current);
-            let text = e.to_string();
-            failure = Some((record, e));
-            text
-        };
-        let walked = walk(&self.bytes[HEADER_BYTES..body_end], |kind, seq, payload| {
-            if seq > covered_seq {
-                return Err(format!(
-                    "record {index} has seq {seq}, past the covered seq {covered_seq}"
-                ));
-            }
-            if recent.len() > REPLAY_RUN_CLAIMS {
-                recent.pop_front();
-            }
-            recent.push_back((kind, seq, index));
-            recovered
-                .apply_deferred(seq, kind, payload)
-                .map_err(|e| refused(e, &recent, index))?;
-            index += 1;
-            Ok(())
-        })
-        .and_then(|count| {
-            recovered
-                .finish()
-                .map_err(|e| refused(e, &recent, index.saturating_sub(1)))?;
-            Ok(count)
+        // As the WAL at start: this thread walks and decodes, a second applies.
+        let (walked, applied) = replay_on_two_threads(recovered, |feed| {
+            let mut index = 0u64;
+            walk(body, |kind, seq, payload| {
+                if seq > covered_seq {
+                    return Err(Walked::Invalid(format!(
+                        "record {index} has seq {seq}, past the covered seq {covered_seq}"
+                    )));
+                }
+                feed.push(seq, kind, payload)
+                    .map_err(|e| Walked::Refused(index, e))?;
+                index += 1;
+                Ok(())
+            })
         });
-        if let Err(reason) = walked {
-            return Err(match failure {
-                Some((record, source)) => SnapshotError::Apply {
+        // The applying side's refusal is about the earliest record: report it first.
+        let failure = match (walked, applied) {
+            (_, Err(refused)) => Some(Walked::Refused(
+                position_of(body, &refused).unwrap_or(self.records),
+                refused,
+            )),
+            (Err(failure), Ok(())) => Some(failure),
+            (Ok(_), Ok(())) => None,
+        };
+        match failure {
+            None => {}
+            Some(Walked::Refused(record, source)) => {
+                return Err(SnapshotError::Apply {
                     path: self.path,
                     record,
                     source,
-                },
-                None => SnapshotError::Invalid {
+                });
+            }
+            Some(Walked::Invalid(reason)) => {
+                return Err(SnapshotError::Invalid {
                     path: self.path,
                     reason,
-                },
-            });
+                });
+            }
         }
         if let Err(source) = recovered.check_ledgers() {
             return Err(SnapshotError::Apply {
@@ -509,25 +493,54 @@ impl Verified {
     }
 }
 
+/// Why walking a snapshot's records stopped.
+enum Walked {
+    /// The framing or a seq is wrong.
+    Invalid(String),
+    /// Record number `.0` (from 0) was refused by recovery.
+    Refused(u64, ReplayError),
+}
+
+impl From<String> for Walked {
+    fn from(reason: String) -> Walked {
+        Walked::Invalid(reason)
+    }
+}
+
+/// The position (from 0) of the record a refusal names: the first with its kind and seq.
+/// Only on the failure path, so a second walk is fine.
+fn position_of(body: &[u8], refused: &ReplayError) -> Option<u64> {
+    let ReplayError::Conflict { seq, kind, .. } = refused else {
+        return None;
+    };
+    let mut index = 0u64;
+    let mut found = None;
+    let _ = walk(body, |k, s, _| {
+        if found.is_none() && k == *kind && s == *seq {
+            found = Some(index);
+        }
+        index += 1;
+        Ok::<(), String>(())
+    });
+    found
+}
+
 /// Calls `f(kind, seq, payload)` for each record; returns the count.
-fn walk(
+fn walk<E: From<String>>(
     mut body: &[u8],
-    mut f: impl FnMut(u8, u64, &[u8]) -> Result<(), String>,
-) -> Result<u64, String> {
+    mut f: impl FnMut(u8, u64, &[u8]) -> Result<(), E>,
+) -> Result<u64, E> {
     let mut count = 0u64;
     while !body.is_empty() {
         if body.len() < RECORD_HEAD_BYTES {
-            return Err(format!("record {count} is cut short"));
+            return Err(format!("record {count} is cut short").into());
         }
         let kind = body[0];
         let seq = u64::from_le_bytes(le8(&body[1..]));
         let len = u32::from_le_bytes(le4(&body[9..])) as usize;
         let rest = &body[RECORD_HEAD_BYTES..];
         if rest.len() < len {
-            return Err(format!(
-                "record {count} claims {len} bytes, {} remain",
-                rest.len()
-            ));
+            return Err(format!("record {count} claims {len} bytes, {} remain", rest.len()).into());
         }
         f(kind, seq, &rest[..len])?;
         body = &rest[len..];
