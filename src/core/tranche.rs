@@ -33,9 +33,9 @@ pub const MAX_INDUSTRIES_PER_TRANCHE: usize = 32;
 pub const MAX_INDUSTRY_BYTES: usize = 64;
 /// A tranche's indexes are sized for its whole quota (up to this many vouchers)
 /// when it is defined, so neither the release burst nor a replay pays for
-/// growing them. At the cap the three indexes take about 200 MiB; a bigger
-/// tranche grows them by doubling past it.
-const PRESIZED_VOUCHERS_MAX: u64 = 1 << 22;
+/// growing them. At the cap the three indexes take 128 MiB (16-byte slots, at
+/// most half full); a bigger tranche grows them by doubling past it.
+const PRESIZED_VOUCHERS_MAX: u64 = 1 << 20;
 /// Identity keys expected per voucher when presizing (user ID plus one more).
 const PRESIZED_KEYS_PER_VOUCHER: usize = 2;
 /// Bounded attempts to find an unused voucher random; a collision of 64-bit
