@@ -144,6 +144,17 @@ fn sigterm_writes_a_final_snapshot() {
     check_all_present(&daemon, "t1", &acked);
 }
 
+/// 100 claims with snapshots on, a snapshot covering at least 50 of them, then kill -9.
+/// Returns the acknowledged claims and the seq the newest snapshot covers.
+fn killed_after_a_snapshot(dir: &Path, config: &TestConfig) -> (Vec<Acked>, u64) {
+    let daemon = start(dir, config);
+    daemon.create_tranche("t1", &open_tranche_body(&quotas()));
+    let acked = claim_concurrently(&daemon, "t1", "a", 100);
+    let covered = wait_for_snapshot(dir, 50);
+    daemon.kill();
+    (acked, covered)
+}
+
 /// A kill -9 while a snapshot is written leaves its temporary file behind
 /// (snapshots are published only by rename). Restart removes such files;
 /// they used to pile up, a full copy of the state per crash mid-snapshot.
@@ -151,11 +162,7 @@ fn sigterm_writes_a_final_snapshot() {
 fn restart_removes_the_temporary_files_a_crash_left() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = snapshot_config();
-    let daemon = start(dir.path(), &config);
-    daemon.create_tranche("t1", &open_tranche_body(&quotas()));
-    let acked = claim_concurrently(&daemon, "t1", "a", 100);
-    let covered = wait_for_snapshot(dir.path(), 50);
-    daemon.kill();
+    let (acked, covered) = killed_after_a_snapshot(dir.path(), &config);
     let snapshot_dir = snapshot::directory(&dir.path().join("data"));
     // What a kill in the middle of writing a snapshot leaves.
     let stale = snapshot_dir.join(format!("{:020}.snap.tmp", covered + 7));
@@ -179,11 +186,7 @@ fn restart_removes_the_temporary_files_a_crash_left() {
 fn restart_removes_old_snapshots_a_crash_left() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = snapshot_config();
-    let daemon = start(dir.path(), &config);
-    daemon.create_tranche("t1", &open_tranche_body(&quotas()));
-    let acked = claim_concurrently(&daemon, "t1", "a", 100);
-    let covered = wait_for_snapshot(dir.path(), 50);
-    daemon.kill();
+    let (acked, covered) = killed_after_a_snapshot(dir.path(), &config);
     let snapshot_dir = snapshot::directory(&dir.path().join("data"));
     // What the crash leaves: an old snapshot that was about to be removed.
     let (_, newest) = snapshots(dir.path())

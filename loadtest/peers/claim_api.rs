@@ -72,6 +72,19 @@ pub struct Claim {
     pub lat: f64,
 }
 
+/// The command-line arguments every comparison peer takes: which counties, which tranche,
+/// how much stock.
+#[derive(clap::Args)]
+pub struct TrancheArgs {
+    /// County boundaries (the same file voucherd uses).
+    #[arg(long)]
+    pub geojson: std::path::PathBuf,
+    #[arg(long, default_value = "bench")]
+    pub tranche: String,
+    #[arg(long, default_value_t = 10_000_000)]
+    pub quota_per_county: u64,
+}
+
 /// The county boundaries (the same file voucherd uses) and their adcodes.
 pub fn load_counties(geojson: &Path) -> io::Result<(PolygonIndex, Vec<u32>)> {
     let bytes = std::fs::read(geojson)

@@ -136,13 +136,8 @@ struct Args {
     #[arg(long, default_value_t = DEFAULT_POOL_SIZE,
           value_parser = clap::value_parser!(u16).range(1..=MAX_POOL_SIZE as i64).map(usize::from))]
     pool_size: usize,
-    /// County boundaries (the same file voucherd uses).
-    #[arg(long)]
-    geojson: PathBuf,
-    #[arg(long, default_value = "bench")]
-    tranche: String,
-    #[arg(long, default_value_t = 10_000_000)]
-    quota_per_county: u64,
+    #[command(flatten)]
+    tranche: claim_api::TrancheArgs,
 }
 
 struct Peer {
@@ -163,7 +158,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> io::Result<()> {
-    let (index, counties) = claim_api::load_counties(&args.geojson)?;
+    let (index, counties) = claim_api::load_counties(&args.tranche.geojson)?;
     let bin_dir = match &args.pg_bin_dir {
         Some(dir) => dir.clone(),
         None => loadtest::compare::postgres_bin_dir().ok_or_else(|| {
@@ -411,14 +406,14 @@ async fn serve(
         .map_err(store_error)?
         .get(0);
     setup.batch_execute(SCHEMA).await.map_err(store_error)?;
-    let quota = i64::try_from(args.quota_per_county)
+    let quota = i64::try_from(args.tranche.quota_per_county)
         .map_err(|_| store_error("--quota-per-county is above bigint"))?;
     for &county in counties {
         let county = i32::try_from(county).map_err(|_| store_error("adcode above integer"))?;
         setup
             .execute(
                 "INSERT INTO stock (tranche_id, county, remaining) VALUES ($1, $2, $3)",
-                &[&args.tranche, &county, &quota],
+                &[&args.tranche.tranche, &county, &quota],
             )
             .await
             .map_err(store_error)?;
@@ -455,7 +450,7 @@ async fn serve(
 
     let peer = Arc::new(Peer {
         index,
-        tranche: args.tranche.clone(),
+        tranche: args.tranche.tranche.clone(),
         pool,
         errors: AtomicU64::new(0),
     });

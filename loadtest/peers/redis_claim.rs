@@ -77,13 +77,8 @@ struct Args {
     redis_port: u16,
     #[arg(long, default_value = "redis-server")]
     redis_server: PathBuf,
-    /// County boundaries (the same file voucherd uses).
-    #[arg(long)]
-    geojson: PathBuf,
-    #[arg(long, default_value = "bench")]
-    tranche: String,
-    #[arg(long, default_value_t = 10_000_000)]
-    quota_per_county: u64,
+    #[command(flatten)]
+    tranche: claim_api::TrancheArgs,
 }
 
 struct Peer {
@@ -95,7 +90,7 @@ struct Peer {
 
 fn main() -> io::Result<()> {
     let args = Args::parse();
-    let (index, counties) = claim_api::load_counties(&args.geojson)?;
+    let (index, counties) = claim_api::load_counties(&args.tranche.geojson)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -146,18 +141,18 @@ async fn serve(
     };
     setup.call(&[b"FLUSHALL"]).await?;
     for county in counties {
-        let key = format!("stock:{}:{county}", args.tranche);
+        let key = format!("stock:{}:{county}", args.tranche.tranche);
         setup
             .call(&[
                 b"SET",
                 key.as_bytes(),
-                args.quota_per_county.to_string().as_bytes(),
+                args.tranche.quota_per_county.to_string().as_bytes(),
             ])
             .await?;
     }
     let peer = Arc::new(Peer {
         index,
-        tranche: args.tranche.clone(),
+        tranche: args.tranche.tranche.clone(),
         redis: redis_addr,
         script_sha: sha,
     });

@@ -469,44 +469,22 @@ async fn start(
                 public: area.public_addr,
             }
         }
-        "redis" => {
-            let public = loopback(base + 3);
-            let mut c = Command::new(&cfg.redis_peer_bin);
-            c.arg("--listen")
-                .arg(public.to_string())
-                .arg("--redis-port")
-                .arg((base + 4).to_string())
-                .arg("--geojson")
-                .arg(geojson)
-                .arg("--tranche")
-                .arg(TRANCHE_ID)
-                .arg("--quota-per-county")
-                .arg(cfg.quota_per_county.to_string());
-            quiet(&mut c);
-            Server {
-                child: c.spawn().map_err(|e| format!("redis_claim: {e}"))?,
-                public,
-            }
-        }
-        "postgres" => {
-            let public = loopback(base + 5);
-            let mut c = Command::new(&cfg.postgres_peer_bin);
-            c.arg("--listen")
-                .arg(public.to_string())
-                .arg("--pg-port")
-                .arg((base + 6).to_string())
-                .arg("--geojson")
-                .arg(geojson)
-                .arg("--tranche")
-                .arg(TRANCHE_ID)
-                .arg("--quota-per-county")
-                .arg(cfg.quota_per_county.to_string());
-            quiet(&mut c);
-            Server {
-                child: c.spawn().map_err(|e| format!("postgres_claim: {e}"))?,
-                public,
-            }
-        }
+        "redis" => comparison_peer(
+            &cfg.redis_peer_bin,
+            "redis_claim",
+            loopback(base + 3),
+            ("--redis-port", base + 4),
+            geojson,
+            cfg.quota_per_county,
+        )?,
+        "postgres" => comparison_peer(
+            &cfg.postgres_peer_bin,
+            "postgres_claim",
+            loopback(base + 5),
+            ("--pg-port", base + 6),
+            geojson,
+            cfg.quota_per_county,
+        )?,
         other => return Err(unknown_server(other)),
     };
     if name == "hello" {
@@ -535,6 +513,34 @@ async fn start(
         admin::define(area.admin_addr, COMPARE_TOKEN, &def).await?;
     }
     Ok(server)
+}
+
+/// Starts a comparison peer (`loadtest/peers/`): it listens on `public` and runs its own
+/// backing store on `backend.1`, given with the flag `backend.0`.
+fn comparison_peer(
+    bin: &Path,
+    name: &str,
+    public: SocketAddr,
+    backend: (&str, u16),
+    geojson: &Path,
+    quota_per_county: u64,
+) -> Result<Server, String> {
+    let mut c = Command::new(bin);
+    c.arg("--listen")
+        .arg(public.to_string())
+        .arg(backend.0)
+        .arg(backend.1.to_string())
+        .arg("--geojson")
+        .arg(geojson)
+        .arg("--tranche")
+        .arg(TRANCHE_ID)
+        .arg("--quota-per-county")
+        .arg(quota_per_county.to_string());
+    c.stdout(Stdio::null()).stderr(Stdio::inherit());
+    Ok(Server {
+        child: c.spawn().map_err(|e| format!("{name}: {e}"))?,
+        public,
+    })
 }
 
 async fn wait_connect(addr: SocketAddr) -> Result<(), String> {
