@@ -469,8 +469,9 @@ impl Rebuilt {
     }
 
     fn apply(&mut self, seq: u64, kind: u8, payload: &[u8]) -> Result<(), String> {
+        // In runs, as the daemon replays (`finish` is called once the log is read).
         self.recovered
-            .apply(seq, kind, payload)
+            .apply_deferred(seq, kind, payload)
             .map_err(|e| e.to_string())?;
         self.records.push((seq, kind, payload.to_vec()));
         match journal::decode(kind, payload).map_err(|e| format!("seq {seq}: {e}"))? {
@@ -623,6 +624,15 @@ fn recover_and_check(
         Err(_) if storage.with_disk(|d| d.crashed()) => return Err(None),
         Err(error) => return Err(Some(vec![format!("recovery failed: {error}")])),
     };
+    // What the daemon does next: the last run, the ledgers, the invariants (asserted).
+    if let Err(error) = rebuilt
+        .recovered
+        .finish()
+        .and_then(|()| rebuilt.recovered.check_ledgers())
+    {
+        return Err(Some(vec![format!("recovery failed: {error}")]));
+    }
+    rebuilt.recovered.check_invariants();
     let mut problems = check(&rebuilt, appended, shown);
     if report.last_seq != scanned_report.last_seq
         || report.truncated_tail_bytes != scanned_report.truncated_tail_bytes
