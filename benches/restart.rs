@@ -6,7 +6,7 @@
 //!
 //! Builds a data directory under target/bench-restart with a campaign, one
 //! tranche over 13 counties, and N claim records written through the real
-//! WAL, then measures. Prints one line per measurement.
+//! WAL, then measures. Prints one line per measurement. Runs on mimalloc, like the daemon.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -23,6 +23,10 @@ use voucherd::core::{
 use voucherd::dispenser::{CountyDirectory, Dispenser, Recovered, replay_on_two_threads};
 use voucherd::geo::{RegionIndex, SeatIndex};
 use voucherd::{journal, snapshot, wal};
+
+/// The daemon's allocator, so the in-process rows measure what `voucherd serve` runs.
+#[global_allocator]
+static GLOBAL_ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const COUNTIES: [u32; 13] = [
     420502, 420503, 420504, 420505, 420506, 420525, 420526, 420527, 420528, 420529, 420581, 420582,
