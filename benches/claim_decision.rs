@@ -84,7 +84,7 @@ fn run(book: &mut TrancheBook, claims: &[Claim]) -> usize {
         if let ClaimDecision::Issue { event, digests } =
             book.decide_claim(&command(claim, entropy), now)
         {
-            book.apply_claim(std::sync::Arc::new(event), &digests, i as u64 + 1);
+            book.apply_claim(event, &digests, i as u64 + 1);
             issued += 1;
         }
     }

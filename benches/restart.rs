@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use voucherd::core::{
-    CampaignSpec, CountyCode, Crs, DigestKey, Event, Location, MerchantRules, TrancheSpec,
-    UnixMillis, VoucherClaimed,
+    CampaignSpec, ClaimFields, CountyCode, Crs, DigestKey, Event, Location, MerchantRules,
+    TrancheSpec, UnixMillis, VoucherClaimed,
 };
 use voucherd::dispenser::{CountyDirectory, Dispenser, Recovered, replay_on_two_threads};
 use voucherd::geo::{RegionIndex, SeatIndex};
@@ -45,23 +45,23 @@ fn options(dir: &Path) -> wal::WalOptions {
 }
 
 fn claim(i: u64) -> VoucherClaimed {
-    VoucherClaimed {
-        tranche_id: "bench".into(),
+    VoucherClaimed::new(ClaimFields {
+        tranche_id: "bench",
         voucher_random: i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5555,
         county: CountyCode(COUNTIES[(i % 13) as usize]),
         claimed_at: UnixMillis(1_800_000_000_000 + i as i64),
-        user_id: format!("2088{i:012}"),
-        id_hash: Some(format!("{:064x}", u128::from(i) * 0x1234_5678_9abc_def1)),
+        user_id: &format!("2088{i:012}"),
+        id_hash: Some(&format!("{:064x}", u128::from(i) * 0x1234_5678_9abc_def1)),
         phone_hash: None,
-        device_id: Some(format!("device-{i:010}")),
-        request_id: format!("req-{i:012}"),
+        device_id: Some(&format!("device-{i:010}")),
+        request_id: &format!("req-{i:012}"),
         request_fingerprint: u128::from(i),
         location: Location {
             lng: 111.3,
             lat: 30.7,
             crs: Crs::Gcj02,
         },
-    }
+    })
 }
 
 fn build(dir: &Path, claims: u64) {

@@ -386,10 +386,10 @@ impl Recovered {
             conflict,
         };
         while let Some((seq, first)) = run.first() {
-            let (seq, tranche_id) = (*seq, first.tranche_id.clone());
+            let (seq, tranche_id) = (*seq, first.tranche_id().to_owned());
             let same = run
                 .iter()
-                .position(|(_, c)| c.tranche_id != tranche_id)
+                .position(|(_, c)| c.tranche_id() != tranche_id)
                 .unwrap_or(run.len());
             let shard = self.catalog.tranche(&tranche_id).ok_or_else(|| {
                 conflict(seq, ReplayConflict::UnknownTranche(tranche_id.to_string()))
@@ -512,8 +512,10 @@ impl Recovered {
                 }
             }
             Event::VoucherClaimed(claim) => {
-                let shard = self.catalog.tranche(&claim.tranche_id).ok_or_else(|| {
-                    conflict(ReplayConflict::UnknownTranche(claim.tranche_id.clone()))
+                let shard = self.catalog.tranche(claim.tranche_id()).ok_or_else(|| {
+                    conflict(ReplayConflict::UnknownTranche(
+                        claim.tranche_id().to_owned(),
+                    ))
                 })?;
                 shard.lock().replay_claim(claim, seq).map_err(conflict)?;
             }
@@ -692,7 +694,7 @@ impl Dispenser {
                     Ok(seq) => seq,
                     Err(e) => return ClaimOutcome::Unavailable(e),
                 };
-                let index = book.apply_claim(Arc::new(event), &digests, seq);
+                let index = book.apply_claim(event, &digests, seq);
                 ClaimOutcome::Claimed(self.voucher_view(&book, index, now), Durability::Wait(rx))
             }
             ClaimDecision::Replay { voucher_index } => {

@@ -6,12 +6,13 @@
 //! library. Decoding never panics: every read is bounds-checked and every
 //! length is limited, because the bytes come from disk.
 
+use crate::core::event::MAX_CLAIM_TEXT_BYTES;
 use crate::core::event::{
     PoolDrawn, RedemptionRefunded, RefundPolicy, Rollover, Settlement, VoucherRedeemed,
     VouchersRevoked,
 };
 use crate::core::{
-    CampaignSpec, CountyCode, Crs, Event, Location, Merchant, MerchantStatus,
+    CampaignSpec, ClaimFields, CountyCode, Crs, Event, Location, Merchant, MerchantStatus,
     MerchantStatusChanged, MerchantsImported, TrancheControl, TrancheSpec, UnixMillis,
     VoucherClaimed,
 };
@@ -327,15 +328,15 @@ pub fn encode_claim(v: &VoucherClaimed) -> Vec<u8> {
 }
 
 fn write_claim(w: &mut Writer, v: &VoucherClaimed) {
-    w.str(&v.tranche_id);
+    w.str(v.tranche_id());
     w.u64(v.voucher_random);
     w.u32(v.county.0);
     w.i64(v.claimed_at.0);
-    w.str(&v.user_id);
-    w.opt_str(v.id_hash.as_deref());
-    w.opt_str(v.phone_hash.as_deref());
-    w.opt_str(v.device_id.as_deref());
-    w.str(&v.request_id);
+    w.str(v.user_id());
+    w.opt_str(v.id_hash());
+    w.opt_str(v.phone_hash());
+    w.opt_str(v.device_id());
+    w.str(v.request_id());
     w.u128(v.request_fingerprint);
     w.u64(v.location.lng.to_bits());
     w.u64(v.location.lat.to_bits());
@@ -501,17 +502,22 @@ pub fn decode(kind: u8, payload: &[u8]) -> Result<Event, DecodeError> {
     Ok(event)
 }
 
+// A claim's six strings, each at most `MAX_FIELD_BYTES`, always fit the packed claim.
+const _: () = assert!(6 * MAX_FIELD_BYTES <= MAX_CLAIM_TEXT_BYTES);
+
+/// Decodes a claim straight into its packed form: the strings are borrowed from the
+/// payload and copied once, into the claim's one allocation.
 fn decode_claim(r: &mut Reader<'_>) -> Result<VoucherClaimed, DecodeError> {
-    Ok(VoucherClaimed {
-        tranche_id: r.str("tranche_id")?,
+    Ok(VoucherClaimed::new(ClaimFields {
+        tranche_id: r.str_ref("tranche_id")?,
         voucher_random: r.u64("voucher_random")?,
         county: CountyCode(r.u32("county")?),
         claimed_at: UnixMillis(r.i64("claimed_at")?),
-        user_id: r.str("user_id")?,
-        id_hash: r.opt_str("id_hash")?,
-        phone_hash: r.opt_str("phone_hash")?,
-        device_id: r.opt_str("device_id")?,
-        request_id: r.str("request_id")?,
+        user_id: r.str_ref("user_id")?,
+        id_hash: r.opt_str_ref("id_hash")?,
+        phone_hash: r.opt_str_ref("phone_hash")?,
+        device_id: r.opt_str_ref("device_id")?,
+        request_id: r.str_ref("request_id")?,
         request_fingerprint: r.u128("request_fingerprint")?,
         location: Location {
             lng: f64::from_bits(r.u64("lng")?),
@@ -522,7 +528,7 @@ fn decode_claim(r: &mut Reader<'_>) -> Result<VoucherClaimed, DecodeError> {
                 other => return Err(DecodeError::BadValue("crs", u64::from(other))),
             },
         },
-    })
+    }))
 }
 
 struct Writer(Vec<u8>);
@@ -595,12 +601,22 @@ impl<'a> Reader<'a> {
         Ok(u128::from_le_bytes(self.array(field)?))
     }
     fn str(&mut self, field: &'static str) -> Result<String, DecodeError> {
+        self.str_ref(field).map(str::to_owned)
+    }
+    fn str_ref(&mut self, field: &'static str) -> Result<&'a str, DecodeError> {
         let len = u16::from_le_bytes(self.array(field)?) as usize;
         if len > MAX_FIELD_BYTES {
             return Err(DecodeError::FieldTooLong(field));
         }
         let bytes = self.take(len, field)?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::NotUtf8(field))
+        std::str::from_utf8(bytes).map_err(|_| DecodeError::NotUtf8(field))
+    }
+    fn opt_str_ref(&mut self, field: &'static str) -> Result<Option<&'a str>, DecodeError> {
+        match self.u8(field)? {
+            0 => Ok(None),
+            1 => self.str_ref(field).map(Some),
+            other => Err(DecodeError::BadValue(field, u64::from(other))),
+        }
     }
     fn bool(&mut self, field: &'static str) -> Result<bool, DecodeError> {
         match self.u8(field)? {
@@ -615,13 +631,6 @@ impl<'a> Reader<'a> {
             return Err(DecodeError::BadValue(field, count as u64));
         }
         (0..count).map(|_| self.u64(field)).collect()
-    }
-    fn opt_str(&mut self, field: &'static str) -> Result<Option<String>, DecodeError> {
-        match self.u8(field)? {
-            0 => Ok(None),
-            1 => self.str(field).map(Some),
-            other => Err(DecodeError::BadValue(field, u64::from(other))),
-        }
     }
 }
 
@@ -658,23 +667,23 @@ mod tests {
                 control: TrancheControl::Pause,
                 at: UnixMillis(-5),
             },
-            Event::VoucherClaimed(VoucherClaimed {
-                tranche_id: "t-1".into(),
+            Event::VoucherClaimed(VoucherClaimed::new(ClaimFields {
+                tranche_id: "t-1",
                 voucher_random: u64::MAX,
                 county: CountyCode(420502),
                 claimed_at: UnixMillis(1_700_000_000_000),
-                user_id: "u1".into(),
-                id_hash: Some("ab".repeat(32)),
+                user_id: "u1",
+                id_hash: Some(&"ab".repeat(32)),
                 phone_hash: None,
-                device_id: Some("dev".into()),
-                request_id: "r1".into(),
+                device_id: Some("dev"),
+                request_id: "r1",
                 request_fingerprint: u128::MAX - 7,
                 location: Location {
                     lng: 111.3,
                     lat: 30.7,
                     crs: Crs::Wgs84,
                 },
-            }),
+            })),
             Event::VoucherRedeemed(VoucherRedeemed {
                 tranche_id: "t-1".into(),
                 voucher_random: 7,

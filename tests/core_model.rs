@@ -239,7 +239,7 @@ fn run(quotas: [u32; 3], ops: Vec<Op>, entropy_seed: u64) {
                 let got = match book.decide_claim(&command, UnixMillis(c.time)) {
                     ClaimDecision::Issue { event, digests } => {
                         let county = event.county.0;
-                        let index = book.apply_claim(std::sync::Arc::new(event), &digests, seq);
+                        let index = book.apply_claim(event, &digests, seq);
                         log.push(Op::Claim(c.clone()));
                         Outcome::Issued {
                             voucher: index as usize,
@@ -315,7 +315,7 @@ fn replay_rebuilds_identical_state() {
             // The definition is seq 0; each claim record comes after it.
             let seq = u64::from(i) + 1;
             events.push((seq, event.clone()));
-            live.apply_claim(std::sync::Arc::new(event), &digests, seq);
+            live.apply_claim(event, &digests, seq);
         }
     }
     assert_eq!(events.len(), 15, "three counties of five");

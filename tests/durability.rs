@@ -260,23 +260,23 @@ fn a_crc_valid_record_with_impossible_content_refuses_to_start() {
     options.segment_size_bytes = config.segment_size_bytes;
     options.max_batch_bytes = 1 << 20;
     let (log, report) = wal::open(options, |_| Ok::<(), ()>(())).expect("open the WAL");
-    let intruder = voucherd::core::VoucherClaimed {
-        tranche_id: "t1".into(),
+    let intruder = voucherd::core::VoucherClaimed::new(voucherd::core::ClaimFields {
+        tranche_id: "t1",
         voucher_random: 0x77,
         county: voucherd::core::CountyCode(county),
         claimed_at: voucherd::core::UnixMillis(1),
-        user_id: "intruder".into(),
+        user_id: "intruder",
         id_hash: None,
         phone_hash: None,
         device_id: None,
-        request_id: "r-intruder".into(),
+        request_id: "r-intruder",
         request_fingerprint: 1,
         location: voucherd::core::Location {
             lng,
             lat,
             crs: voucherd::core::Crs::Gcj02,
         },
-    };
+    });
     let (tx, rx) = tokio::sync::oneshot::channel();
     let seq = log
         .append(

@@ -200,7 +200,7 @@ fn run(policy: RefundPolicy, ops: Vec<Op>) {
                 match book.decide_claim(&cmd, UnixMillis(time)) {
                     ClaimDecision::Issue { event, digests } => {
                         assert!(want, "step {step}: issued past quota or window");
-                        book.apply_claim(Arc::new(event), &digests, seq);
+                        book.apply_claim(event, &digests, seq);
                         m.issued[i] += 1;
                         m.vouchers.push((county, MState::Claimed));
                     }

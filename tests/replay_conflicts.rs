@@ -11,8 +11,8 @@ use voucherd::core::event::{
     VouchersRevoked,
 };
 use voucherd::core::{
-    CampaignSpec, CountyCode, Crs, DigestKey, Event, Location, ReplayConflict, TrancheControl,
-    TrancheSpec, UnixMillis, VoucherClaimed,
+    CampaignSpec, ClaimFields, CountyCode, Crs, DigestKey, Event, Location, ReplayConflict,
+    TrancheControl, TrancheSpec, UnixMillis, VoucherClaimed,
 };
 use voucherd::dispenser::{Recovered, ReplayError};
 use voucherd::journal;
@@ -51,23 +51,23 @@ fn tranche(ordinal: u32, id: &str, campaign: &str, quotas: &[(CountyCode, u32)])
 }
 
 fn claim(tranche: &str, user: &str, county: CountyCode, random: u64) -> VoucherClaimed {
-    VoucherClaimed {
-        tranche_id: tranche.into(),
+    VoucherClaimed::new(ClaimFields {
+        tranche_id: tranche,
         voucher_random: random,
         county,
         claimed_at: UnixMillis(1_500),
-        user_id: user.into(),
+        user_id: user,
         id_hash: None,
         phone_hash: None,
         device_id: None,
-        request_id: format!("req-{user}"),
+        request_id: &format!("req-{user}"),
         request_fingerprint: u128::from(random),
         location: Location {
             lng: 111.29,
             lat: 30.69,
             crs: Crs::Gcj02,
         },
-    }
+    })
 }
 
 fn redeem(voucher: u64, redemption: u64, order: &str) -> VoucherRedeemed {
@@ -208,7 +208,11 @@ fn a_refused_claim_inside_a_run_names_its_own_seq() {
     for i in 0..10 {
         let mut c = claim("t1", &format!("r{i}"), A, 100 + i);
         if i == 6 {
-            c.user_id = "u1".into(); // u1 already holds a voucher
+            // u1 already holds a voucher
+            c = VoucherClaimed::new(ClaimFields {
+                user_id: "u1",
+                ..c.fields()
+            });
         }
         events.push(Event::VoucherClaimed(c));
     }
@@ -262,8 +266,11 @@ fn claims_the_core_would_not_have_issued_are_refused() {
         claimed(claim("t1", "u1", A, 13)),
         ReplayConflict::IdentityHoldsVoucher,
     );
-    let mut same_request = claim("t1", "u3", A, 13);
-    same_request.request_id = "req-u2".into();
+    let u3 = claim("t1", "u3", A, 13);
+    let same_request = VoucherClaimed::new(ClaimFields {
+        request_id: "req-u2",
+        ..u3.fields()
+    });
     refused(claimed(same_request), ReplayConflict::RequestAnswered);
     refused(
         claimed(claim("t1", "u3", A, 12)),

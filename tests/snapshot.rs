@@ -284,8 +284,11 @@ fn a_snapshot_with_impossible_content_refuses_to_start() {
         };
     let first = decode_claim(&records[claims[0]]);
     let last = *claims.last().expect("claims");
-    let mut twice = decode_claim(&records[last]);
-    twice.user_id = first.user_id.clone();
+    let last_claim = decode_claim(&records[last]);
+    let twice = voucherd::core::VoucherClaimed::new(voucherd::core::ClaimFields {
+        user_id: first.user_id(),
+        ..last_claim.fields()
+    });
     records[last].2 = journal::encode_claim(&twice);
     let bytes = snapshot::encode_records(
         covered_seq,

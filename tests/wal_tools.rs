@@ -13,8 +13,8 @@ use std::time::Instant;
 use serde_json::Value;
 use support::*;
 use voucherd::core::{
-    CampaignSpec, CountyCode, Crs, Event, Location, TrancheSpec, UnixMillis, VoucherClaimed,
-    VoucherId,
+    CampaignSpec, ClaimFields, CountyCode, Crs, Event, Location, TrancheSpec, UnixMillis,
+    VoucherClaimed, VoucherId,
 };
 use voucherd::{journal, wal};
 
@@ -553,24 +553,24 @@ fn define_tranche(tranche_id: &str, ordinal: u32, quota: u32) -> Event {
 }
 
 fn claim(tranche_id: &str, i: u64) -> Event {
-    Event::VoucherClaimed(VoucherClaimed {
-        tranche_id: tranche_id.to_owned(),
+    Event::VoucherClaimed(VoucherClaimed::new(ClaimFields {
+        tranche_id,
         voucher_random: 0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(i + 1),
         county: CountyCode(COUNTY),
         claimed_at: UnixMillis(1_764_554_400_000 + i as i64),
         // Long keys make bulky records, so a few thousand fill a segment or a pipe.
-        user_id: format!("user-{i:0>200}"),
-        id_hash: Some(format!("{i:064x}")),
+        user_id: &format!("user-{i:0>200}"),
+        id_hash: Some(&format!("{i:064x}")),
         phone_hash: None,
-        device_id: Some(format!("device-{i}")),
-        request_id: format!("request-{i}"),
+        device_id: Some(&format!("device-{i}")),
+        request_id: &format!("request-{i}"),
         request_fingerprint: u128::from(i) << 64 | 0xabc,
         location: Location {
             lng: 111.28,
             lat: 30.69,
             crs: Crs::Gcj02,
         },
-    })
+    }))
 }
 
 /// A campaign, tranche `t` (ordinal 0) with `claims` claims.
@@ -675,7 +675,7 @@ fn verify_and_dump_span_segments_and_refuse_a_damaged_sealed_one() {
         };
         assert_eq!(line["voucher_id"], id.encode());
         assert_eq!(line["seq"], i + 3);
-        assert_eq!(line["request_id"], expected.request_id);
+        assert_eq!(line["request_id"], expected.request_id());
     }
 
     let first = dir.path().join(wal::segment_file_name(1));

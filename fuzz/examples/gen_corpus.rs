@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use voucherd::core::event::{RefundPolicy, Rollover};
 use voucherd::core::lifecycle::MerchantFacts;
 use voucherd::core::{
-    CampaignSpec, CountyCode, Crs, Event, Location, TrancheControl, TrancheSpec, UnixMillis,
-    VoucherClaimed,
+    CampaignSpec, ClaimFields, CountyCode, Crs, Event, Location, TrancheControl, TrancheSpec,
+    UnixMillis, VoucherClaimed,
 };
 use voucherd::core::{DigestKey, IdentityKeys, ImportRow, MerchantRules, MerchantStatus};
 use voucherd::core::{RedemptionId, VoucherId};
@@ -47,30 +47,33 @@ impl Corpus {
 }
 
 fn claim(user: &str, request: &str, lng: f64, lat: f64) -> VoucherClaimed {
-    VoucherClaimed {
-        tranche_id: "t-2026-05-01".into(),
+    VoucherClaimed::new(ClaimFields {
+        tranche_id: "t-2026-05-01",
         voucher_random: 0x0123_4567_89AB_CDEF,
         county: CountyCode(420_502),
         claimed_at: UnixMillis(1_777_600_000_000),
-        user_id: user.into(),
-        id_hash: Some("ab".repeat(32)),
-        phone_hash: Some("0f".repeat(16)),
-        device_id: Some("ios-AE12".into()),
-        request_id: request.into(),
+        user_id: user,
+        id_hash: Some(&"ab".repeat(32)),
+        phone_hash: Some(&"0f".repeat(16)),
+        device_id: Some("ios-AE12"),
+        request_id: request,
         request_fingerprint: 0xDEAD_BEEF_0000_0000_0000_0000_CAFE_F00D,
         location: Location {
             lng,
             lat,
             crs: Crs::Gcj02,
         },
-    }
+    })
 }
 
 fn events() -> Vec<(&'static str, Event)> {
-    let mut minimal = claim("u", "r", 0.0, 0.0);
-    minimal.id_hash = None;
-    minimal.phone_hash = None;
-    minimal.device_id = None;
+    let full = claim("u", "r", 0.0, 0.0);
+    let mut minimal = VoucherClaimed::new(ClaimFields {
+        id_hash: None,
+        phone_hash: None,
+        device_id: None,
+        ..full.fields()
+    });
     minimal.location.crs = Crs::Wgs84;
     vec![
         (

@@ -14,7 +14,7 @@ use voucherd::api::{
     MIN_HASH_HEX_CHARS, parse_claim,
 };
 use voucherd::core::catalog::{MAX_OBJECT_ID_BYTES, check_object_id};
-use voucherd::core::{CountyCode, Event, UnixMillis, VoucherClaimed};
+use voucherd::core::{ClaimFields, CountyCode, Event, UnixMillis, VoucherClaimed};
 use voucherd::journal;
 
 fuzz_target!(|data: &[u8]| {
@@ -53,19 +53,19 @@ fuzz_target!(|data: &[u8]| {
     assert!(location.lat.is_finite() && (-90.0..=90.0).contains(&location.lat));
 
     // What the dispenser would journal for this claim.
-    let event = Event::VoucherClaimed(VoucherClaimed {
-        tranche_id: claim.tranche_id,
+    let event = Event::VoucherClaimed(VoucherClaimed::new(ClaimFields {
+        tranche_id: &claim.tranche_id,
         voucher_random: 0,
         county: CountyCode(420_500),
         claimed_at: UnixMillis(0),
-        user_id: claim.user_id,
-        id_hash: claim.id_hash,
-        phone_hash: claim.phone_hash,
-        device_id: claim.device_id,
-        request_id: claim.request_id,
+        user_id: &claim.user_id,
+        id_hash: claim.id_hash.as_deref(),
+        phone_hash: claim.phone_hash.as_deref(),
+        device_id: claim.device_id.as_deref(),
+        request_id: &claim.request_id,
         request_fingerprint: 0,
         location,
-    });
+    }));
     let bytes = journal::encode(&event);
     assert_eq!(
         journal::decode(journal::kind_of(&event), &bytes),

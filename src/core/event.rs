@@ -64,21 +64,159 @@ pub enum TrancheControl {
 
 /// One voucher issued to one identity. Holds the raw keys (never raw ID or
 /// phone numbers: those arrive hashed) so replay can rebuild the dedupe sets.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// A claim is what the state holds millions of, and what a restart rebuilds millions of
+/// times, so its six strings live packed in one allocation (`keys`) rather than in six
+/// `String`s: one allocation per claim instead of six, and about half the memory. The
+/// fields are read through accessors and written once, through [`VoucherClaimed::new`].
+#[derive(Clone, PartialEq)]
 pub struct VoucherClaimed {
-    pub tranche_id: String,
+    /// `tranche_id`, `user_id`, `id_hash`, `phone_hash`, `device_id`, `request_id`,
+    /// one after another (an absent optional key takes no bytes).
+    keys: Box<str>,
+    /// Where each of the six ends in `keys`.
+    ends: [u16; CLAIM_TEXT_FIELDS],
+    /// Bit `i` set: optional key `i` (`id_hash`, `phone_hash`, `device_id`) is present.
+    present: u8,
     pub voucher_random: u64,
     pub county: CountyCode,
     pub claimed_at: UnixMillis,
-    pub user_id: String,
-    pub id_hash: Option<String>,
-    pub phone_hash: Option<String>,
-    pub device_id: Option<String>,
-    pub request_id: String,
     /// Stable hash of the claim body; a retry with the same `request_id` but a
     /// different fingerprint is refused as `request_id_reused`.
     pub request_fingerprint: u128,
     pub location: Location,
+}
+
+/// The string fields of a claim, packed in [`VoucherClaimed::keys`].
+const CLAIM_TEXT_FIELDS: usize = 6;
+/// The packed strings of one claim fit this (each field is bounded far below it: the
+/// journal's `MAX_FIELD_BYTES`, the API's identity limits).
+pub const MAX_CLAIM_TEXT_BYTES: usize = u16::MAX as usize;
+
+/// The fields of a [`VoucherClaimed`], borrowed: what builds one and what reads one whole.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub struct ClaimFields<'a> {
+    pub tranche_id: &'a str,
+    pub voucher_random: u64,
+    pub county: CountyCode,
+    pub claimed_at: UnixMillis,
+    pub user_id: &'a str,
+    pub id_hash: Option<&'a str>,
+    pub phone_hash: Option<&'a str>,
+    pub device_id: Option<&'a str>,
+    pub request_id: &'a str,
+    pub request_fingerprint: u128,
+    pub location: Location,
+}
+
+impl VoucherClaimed {
+    /// Packs the fields. Panics if the strings together exceed [`MAX_CLAIM_TEXT_BYTES`]:
+    /// every caller has bounded each field well below that.
+    pub fn new(f: ClaimFields<'_>) -> VoucherClaimed {
+        let texts = [
+            Some(f.tranche_id),
+            Some(f.user_id),
+            f.id_hash,
+            f.phone_hash,
+            f.device_id,
+            Some(f.request_id),
+        ];
+        let total: usize = texts.iter().flatten().map(|t| t.len()).sum();
+        assert!(
+            total <= MAX_CLAIM_TEXT_BYTES,
+            "claim strings of {total} bytes exceed {MAX_CLAIM_TEXT_BYTES}"
+        );
+        let mut keys = String::with_capacity(total);
+        let mut ends = [0u16; CLAIM_TEXT_FIELDS];
+        let mut present = 0u8;
+        for (i, text) in texts.iter().enumerate() {
+            if let Some(text) = text {
+                keys.push_str(text);
+                if (2..5).contains(&i) {
+                    present |= 1 << (i - 2);
+                }
+            }
+            ends[i] = keys.len() as u16;
+        }
+        VoucherClaimed {
+            keys: keys.into_boxed_str(),
+            ends,
+            present,
+            voucher_random: f.voucher_random,
+            county: f.county,
+            claimed_at: f.claimed_at,
+            request_fingerprint: f.request_fingerprint,
+            location: f.location,
+        }
+    }
+
+    fn text(&self, field: usize) -> &str {
+        let start = if field == 0 {
+            0
+        } else {
+            usize::from(self.ends[field - 1])
+        };
+        &self.keys[start..usize::from(self.ends[field])]
+    }
+
+    fn optional(&self, field: usize) -> Option<&str> {
+        (self.present & (1 << (field - 2)) != 0).then(|| self.text(field))
+    }
+
+    pub fn tranche_id(&self) -> &str {
+        self.text(0)
+    }
+    pub fn user_id(&self) -> &str {
+        self.text(1)
+    }
+    pub fn id_hash(&self) -> Option<&str> {
+        self.optional(2)
+    }
+    pub fn phone_hash(&self) -> Option<&str> {
+        self.optional(3)
+    }
+    pub fn device_id(&self) -> Option<&str> {
+        self.optional(4)
+    }
+    pub fn request_id(&self) -> &str {
+        self.text(5)
+    }
+
+    /// Every field, borrowed; with struct update syntax this also builds a changed copy.
+    pub fn fields(&self) -> ClaimFields<'_> {
+        ClaimFields {
+            tranche_id: self.tranche_id(),
+            voucher_random: self.voucher_random,
+            county: self.county,
+            claimed_at: self.claimed_at,
+            user_id: self.user_id(),
+            id_hash: self.id_hash(),
+            phone_hash: self.phone_hash(),
+            device_id: self.device_id(),
+            request_id: self.request_id(),
+            request_fingerprint: self.request_fingerprint,
+            location: self.location,
+        }
+    }
+}
+
+impl std::fmt::Debug for VoucherClaimed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let fields = self.fields();
+        f.debug_struct("VoucherClaimed")
+            .field("tranche_id", &fields.tranche_id)
+            .field("voucher_random", &fields.voucher_random)
+            .field("county", &fields.county)
+            .field("claimed_at", &fields.claimed_at)
+            .field("user_id", &fields.user_id)
+            .field("id_hash", &fields.id_hash)
+            .field("phone_hash", &fields.phone_hash)
+            .field("device_id", &fields.device_id)
+            .field("request_id", &fields.request_id)
+            .field("request_fingerprint", &fields.request_fingerprint)
+            .field("location", &fields.location)
+            .finish()
+    }
 }
 
 /// A voucher used at a merchant (核销).
@@ -197,12 +335,71 @@ impl Event {
             Event::TrancheDefined { spec, .. } => Some(&spec.tranche_id),
             Event::TrancheControlled { tranche_id, .. }
             | Event::TrancheSettled { tranche_id, .. } => Some(tranche_id),
-            Event::VoucherClaimed(e) => Some(&e.tranche_id),
+            Event::VoucherClaimed(e) => Some(e.tranche_id()),
             Event::VoucherRedeemed(e) => Some(&e.tranche_id),
             Event::RedemptionRefunded(e) => Some(&e.tranche_id),
             Event::VouchersRevoked(e) => Some(&e.tranche_id),
             Event::PoolDrawn(e) => Some(&e.tranche_id),
             Event::MerchantsImported(_) | Event::MerchantStatusChanged(_) => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod claim_tests {
+    use super::*;
+
+    fn fields<'a>(id_hash: Option<&'a str>, device_id: Option<&'a str>) -> ClaimFields<'a> {
+        ClaimFields {
+            tranche_id: "t-2026-12",
+            voucher_random: 7,
+            county: CountyCode(420502),
+            claimed_at: UnixMillis(1_700_000_000_000),
+            user_id: "alipay:2088",
+            id_hash,
+            phone_hash: None,
+            device_id,
+            request_id: "req-1",
+            request_fingerprint: 99,
+            location: Location {
+                lng: 111.3,
+                lat: 30.7,
+                crs: Crs::Gcj02,
+            },
+        }
+    }
+
+    #[test]
+    fn packed_fields_read_back_as_given() {
+        for (id_hash, device_id) in [
+            (None, None),
+            (Some("ab"), None),
+            (None, Some("dev")),
+            (Some(""), Some("")),
+        ] {
+            let given = fields(id_hash, device_id);
+            let claim = VoucherClaimed::new(given);
+            assert_eq!(claim.fields(), given);
+        }
+    }
+
+    #[test]
+    fn an_empty_optional_key_is_not_an_absent_one() {
+        let absent = VoucherClaimed::new(fields(None, None));
+        let empty = VoucherClaimed::new(fields(Some(""), None));
+        assert_ne!(absent, empty);
+        assert_eq!(empty.id_hash(), Some(""));
+    }
+
+    #[test]
+    fn a_changed_copy_differs_only_where_changed() {
+        let claim = VoucherClaimed::new(fields(Some("h"), Some("d")));
+        let other = VoucherClaimed::new(ClaimFields {
+            request_id: "req-2",
+            ..claim.fields()
+        });
+        assert_eq!(other.request_id(), "req-2");
+        assert_eq!(other.device_id(), Some("d"));
+        assert_ne!(claim, other);
     }
 }

@@ -32,8 +32,8 @@ pub mod voucher;
 
 pub use catalog::{Campaign, Catalog, CatalogError};
 pub use event::{
-    CampaignSpec, Crs, Event, Location, MerchantStatusChanged, MerchantsImported, TrancheControl,
-    VoucherClaimed,
+    CampaignSpec, ClaimFields, Crs, Event, Location, MerchantStatusChanged, MerchantsImported,
+    TrancheControl, VoucherClaimed,
 };
 pub use identity::{DigestKey, IdentityKeys, KeyDigest};
 pub use merchant::{

@@ -258,12 +258,12 @@ impl TrancheBook {
 
     fn claim_digests(&self, event: &VoucherClaimed) -> ClaimDigests {
         let identity = self.digest_key.identity_digests(&IdentityKeys {
-            user_id: &event.user_id,
-            id_hash: event.id_hash.as_deref(),
-            phone_hash: event.phone_hash.as_deref(),
-            device_id: event.device_id.as_deref(),
+            user_id: event.user_id(),
+            id_hash: event.id_hash(),
+            phone_hash: event.phone_hash(),
+            device_id: event.device_id(),
         });
-        let request = self.digest_key.request_digest(&event.request_id);
+        let request = self.digest_key.request_digest(event.request_id());
         ClaimDigests { identity, request }
     }
 
@@ -275,7 +275,7 @@ impl TrancheBook {
     ) -> Result<u32, ReplayConflict> {
         self.check_order(seq)?;
         self.check_claim(&event, digests)?;
-        Ok(self.apply_claim(std::sync::Arc::new(event), digests, seq))
+        Ok(self.apply_claim(event, digests, seq))
     }
 
     fn check_claim(
@@ -283,8 +283,10 @@ impl TrancheBook {
         event: &VoucherClaimed,
         digests: &ClaimDigests,
     ) -> Result<(), ReplayConflict> {
-        if event.tranche_id != self.spec.tranche_id {
-            return Err(ReplayConflict::UnknownTranche(event.tranche_id.clone()));
+        if event.tranche_id() != self.spec.tranche_id {
+            return Err(ReplayConflict::UnknownTranche(
+                event.tranche_id().to_owned(),
+            ));
         }
         if self.closed_settled {
             return Err(ReplayConflict::TrancheClosed);

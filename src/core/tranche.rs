@@ -14,7 +14,7 @@ use super::append_log::{AppendLog, SharedLog};
 use super::rng::splitmix64;
 
 use super::digest_index::DigestIndex;
-use super::event::{Event, Location, TrancheControl, VoucherClaimed};
+use super::event::{ClaimFields, Event, Location, TrancheControl, VoucherClaimed};
 use super::identity::{DigestKey, IdentityDigests, IdentityKeys, KeyDigest};
 use super::lifecycle::{Redemption, TrancheMoney, VoucherState, VoucherStatus};
 use super::time::UnixMillis;
@@ -468,31 +468,26 @@ impl TrancheBook {
         }
         let voucher_random = self.unused_random(claim.entropy);
         ClaimDecision::Issue {
-            event: VoucherClaimed {
-                tranche_id: self.spec.tranche_id.clone(),
+            event: VoucherClaimed::new(ClaimFields {
+                tranche_id: &self.spec.tranche_id,
                 voucher_random,
                 county,
                 claimed_at: now,
-                user_id: claim.identity.user_id.to_owned(),
-                id_hash: claim.identity.id_hash.map(str::to_owned),
-                phone_hash: claim.identity.phone_hash.map(str::to_owned),
-                device_id: claim.identity.device_id.map(str::to_owned),
-                request_id: claim.request_id.to_owned(),
+                user_id: claim.identity.user_id,
+                id_hash: claim.identity.id_hash,
+                phone_hash: claim.identity.phone_hash,
+                device_id: claim.identity.device_id,
+                request_id: claim.request_id,
                 request_fingerprint: claim.request_fingerprint,
                 location: claim.location,
-            },
+            }),
             digests: ClaimDigests { identity, request },
         }
     }
 
     /// Applies a claim decided by [`Self::decide_claim`] in this process.
-    pub fn apply_claim(
-        &mut self,
-        event: Arc<VoucherClaimed>,
-        digests: &ClaimDigests,
-        seq: u64,
-    ) -> u32 {
-        assert_eq!(event.tranche_id, self.spec.tranche_id);
+    pub fn apply_claim(&mut self, event: VoucherClaimed, digests: &ClaimDigests, seq: u64) -> u32 {
+        assert_eq!(event.tranche_id(), self.spec.tranche_id);
         let slot = self
             .county_slot(event.county)
             .expect("claimed county must be in the tranche");

@@ -6,8 +6,6 @@
 //! lookup go straight to the right tranche without a global index. Uniqueness
 //! inside a tranche is checked against the tranche's own voucher map.
 
-use std::sync::Arc;
-
 use super::event::VoucherClaimed;
 use super::time::UnixMillis;
 use super::tranche::CountyCode;
@@ -97,9 +95,9 @@ pub struct Voucher {
     pub id: VoucherId,
     pub county: CountyCode,
     pub claimed_at: UnixMillis,
-    /// The event that issued it: identity keys, request, location. Shared, so
-    /// a checkpoint can copy vouchers without copying strings.
-    pub claim: Arc<VoucherClaimed>,
+    /// The event that issued it: identity keys, request, location. A checkpoint copies
+    /// only the open tail of the voucher log (`AppendLog::share`), so no `Arc` is needed.
+    pub claim: VoucherClaimed,
     /// WAL sequence number of the record that issued it. An answer that shows
     /// this voucher waits until the WAL is durable up to here.
     pub seq: u64,

@@ -40,7 +40,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
@@ -341,7 +340,7 @@ impl World {
                     return;
                 };
                 let book = &mut self.books[spec.tranche];
-                let index = book.apply_claim(Arc::new(event), &digests, seq);
+                let index = book.apply_claim(event, &digests, seq);
                 let shown = shown(book, index);
                 self.waiting.push((rx, shown));
             }
@@ -440,7 +439,7 @@ fn shown(book: &TrancheBook, index: u32) -> Shown {
         tranche_id: book.spec().tranche_id.clone(),
         id: voucher.id,
         county: voucher.county,
-        user_id: voucher.claim.user_id.clone(),
+        user_id: voucher.claim.user_id().to_owned(),
         seq: voucher.seq,
     }
 }
@@ -502,7 +501,7 @@ impl Rebuilt {
                 let book = self
                     .books
                     .iter_mut()
-                    .find(|b| b.spec().tranche_id == claim.tranche_id)
+                    .find(|b| b.spec().tranche_id == claim.tranche_id())
                     .ok_or_else(|| format!("seq {seq}: claim in unknown tranche"))?;
                 book.replay_claim(claim.clone(), seq)
                     .map_err(|e| format!("seq {seq}: {e}"))?;
@@ -533,7 +532,7 @@ fn check(
             .and_then(|b| b.find_voucher(s.id));
         match found {
             None => problems.push(format!("acknowledged voucher lost: {s:?}")),
-            Some(v) if v.county != s.county || v.claim.user_id != s.user_id => {
+            Some(v) if v.county != s.county || v.claim.user_id() != s.user_id => {
                 problems.push(format!("acknowledged voucher changed: {s:?} became {v:?}"));
             }
             Some(_) => {}
@@ -550,11 +549,11 @@ fn check(
             *per_county.entry(v.county).or_default() += 1;
         }
         let mut keys = HashSet::new();
-        for c in rebuilt.claims.iter().filter(|c| &c.tranche_id == tranche) {
-            let mut identity_keys = vec![("user", c.user_id.clone())];
-            identity_keys.extend(c.id_hash.clone().map(|k| ("id", k)));
-            identity_keys.extend(c.phone_hash.clone().map(|k| ("phone", k)));
-            identity_keys.extend(c.device_id.clone().map(|k| ("device", k)));
+        for c in rebuilt.claims.iter().filter(|c| c.tranche_id() == tranche) {
+            let mut identity_keys = vec![("user", c.user_id().to_owned())];
+            identity_keys.extend(c.id_hash().map(|k| ("id", k.to_owned())));
+            identity_keys.extend(c.phone_hash().map(|k| ("phone", k.to_owned())));
+            identity_keys.extend(c.device_id().map(|k| ("device", k.to_owned())));
             for key in identity_keys {
                 if !keys.insert(key.clone()) {
                     problems.push(format!(

@@ -154,7 +154,7 @@ pub fn record_json(seq: u64, event: &Event, ordinals: &Ordinals) -> Value {
             },
             "at": format_beijing(*at),
         }),
-        Event::VoucherClaimed(claim) => claim_json(claim, ordinals.get(&claim.tranche_id)),
+        Event::VoucherClaimed(claim) => claim_json(claim, ordinals.get(claim.tranche_id())),
         Event::VoucherRedeemed(r) => {
             let ordinal = ordinals.get(&r.tranche_id);
             json!({
@@ -264,16 +264,16 @@ fn claim_json(claim: &VoucherClaimed, tranche_ordinal: Option<u32>) -> Value {
         .encode()
     });
     json!({
-        "tranche_id": claim.tranche_id,
+        "tranche_id": claim.tranche_id(),
         "voucher_id": voucher_id,
         "voucher_random": format!("{:016x}", claim.voucher_random),
         "county": claim.county.0.to_string(),
         "claimed_at": format_beijing(claim.claimed_at),
-        "user_id": claim.user_id,
-        "id_hash": claim.id_hash,
-        "phone_hash": claim.phone_hash,
-        "device_id": claim.device_id,
-        "request_id": claim.request_id,
+        "user_id": claim.user_id(),
+        "id_hash": claim.id_hash(),
+        "phone_hash": claim.phone_hash(),
+        "device_id": claim.device_id(),
+        "request_id": claim.request_id(),
         "request_fingerprint": format!("{:032x}", claim.request_fingerprint),
         "location": {
             "lng": claim.location.lng,
@@ -289,7 +289,7 @@ fn claim_json(claim: &VoucherClaimed, tranche_ordinal: Option<u32>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{CampaignSpec, CountyCode, Location, TrancheSpec, UnixMillis};
+    use crate::core::{CampaignSpec, ClaimFields, CountyCode, Location, TrancheSpec, UnixMillis};
 
     fn tranche(ordinal: u32) -> Event {
         Event::TrancheDefined {
@@ -310,23 +310,23 @@ mod tests {
     }
 
     fn claim() -> Event {
-        Event::VoucherClaimed(VoucherClaimed {
-            tranche_id: "t-1".into(),
+        Event::VoucherClaimed(VoucherClaimed::new(ClaimFields {
+            tranche_id: "t-1",
             voucher_random: u64::MAX - 1,
             county: CountyCode(420502),
             claimed_at: UnixMillis(1_764_554_400_123),
-            user_id: "u1".into(),
-            id_hash: Some("ab".into()),
+            user_id: "u1",
+            id_hash: Some("ab"),
             phone_hash: None,
             device_id: None,
-            request_id: "r1".into(),
+            request_id: "r1",
             request_fingerprint: 0xfe,
             location: Location {
                 lng: 111.25,
                 lat: 30.5,
                 crs: Crs::Wgs84,
             },
-        })
+        }))
     }
 
     /// One check per record type: the whole object, so a renamed or invented field shows.

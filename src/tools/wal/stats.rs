@@ -85,7 +85,7 @@ impl Tally {
             }
             Event::TrancheControlled { tranche_id, .. } => self.tranche(tranche_id).controls += 1,
             Event::VoucherClaimed(claim) => {
-                let tranche = self.tranche(&claim.tranche_id);
+                let tranche = self.tranche(claim.tranche_id());
                 tranche.claims += 1;
                 tranche.counties.entry(claim.county.0).or_default().claims += 1;
             }
@@ -285,7 +285,8 @@ fn print_json(scanned: &Scanned, file_bytes: u64, tally: &Tally) -> Result<(), F
 mod tests {
     use super::*;
     use crate::core::{
-        CountyCode, Crs, Location, TrancheControl, TrancheSpec, UnixMillis, VoucherClaimed,
+        ClaimFields, CountyCode, Crs, Location, TrancheControl, TrancheSpec, UnixMillis,
+        VoucherClaimed,
     };
 
     fn define(quotas: &[(u32, u32)]) -> Event {
@@ -307,23 +308,23 @@ mod tests {
     }
 
     fn claim(county: u32) -> Event {
-        Event::VoucherClaimed(VoucherClaimed {
-            tranche_id: "t".into(),
+        Event::VoucherClaimed(VoucherClaimed::new(ClaimFields {
+            tranche_id: "t",
             voucher_random: u64::from(county),
             county: CountyCode(county),
             claimed_at: UnixMillis(0),
-            user_id: "u".into(),
+            user_id: "u",
             id_hash: None,
             phone_hash: None,
             device_id: None,
-            request_id: "r".into(),
+            request_id: "r",
             request_fingerprint: 0,
             location: Location {
                 lng: 0.0,
                 lat: 0.0,
                 crs: Crs::Gcj02,
             },
-        })
+        }))
     }
 
     #[test]
