@@ -34,10 +34,10 @@ use tokio::sync::oneshot;
 use crate::core::merchant::{Assembled, ImportAssembler, MerchantPage};
 use crate::core::{
     CampaignSpec, Catalog, CatalogError, ClaimCommand, ClaimDecision, ControlDecision, CountyCode,
-    DigestKey, Event, IdentityKeys, ImportRow, Location, Merchant, MerchantFilter,
+    DigestKey, DigestedClaim, Event, IdentityKeys, ImportRow, Location, Merchant, MerchantFilter,
     MerchantRegistry, MerchantRules, MerchantStatus, RedemptionId, Refusal, RowErrors,
     StatusCounts, TrancheBook, TrancheControl, TrancheSpec, TrancheState, UnixMillis,
-    UnknownMerchant, VoucherClaimed, VoucherId,
+    UnknownMerchant, VoucherId,
 };
 use crate::geo::RegionIndex;
 mod lifecycle;
@@ -314,7 +314,7 @@ pub struct Recovered {
     pub records: u64,
     /// Claims decoded by [`Recovered::apply_deferred`] and not yet applied, in seq order;
     /// at most [`REPLAY_RUN_CLAIMS`].
-    deferred_claims: Vec<(u64, VoucherClaimed)>,
+    deferred_claims: Vec<(u64, DigestedClaim)>,
 }
 
 /// Claims replayed together as one run (see [`TrancheBook::replay_claims`]): enough for the
@@ -362,6 +362,16 @@ impl Recovered {
             self.finish()?;
             return self.apply_decoded(seq, kind, event);
         };
+        self.apply_digested_deferred(seq, DigestedClaim::new(self.digest_key, claim))
+    }
+
+    /// [`Self::apply_deferred`] of a claim already decoded and digested (with this state's
+    /// digest key: [`Self::digest_key`]).
+    pub fn apply_digested_deferred(
+        &mut self,
+        seq: u64,
+        claim: DigestedClaim,
+    ) -> Result<(), ReplayError> {
         self.records += 1;
         self.deferred_claims.push((seq, claim));
         if self.deferred_claims.len() >= REPLAY_RUN_CLAIMS {
@@ -379,17 +389,22 @@ impl Recovered {
         result
     }
 
-    fn apply_run(&mut self, run: &mut Vec<(u64, VoucherClaimed)>) -> Result<(), ReplayError> {
+    /// The key identity digests are made with in this state.
+    pub fn digest_key(&self) -> DigestKey {
+        self.digest_key
+    }
+
+    fn apply_run(&mut self, run: &mut Vec<(u64, DigestedClaim)>) -> Result<(), ReplayError> {
         let conflict = |seq, conflict| ReplayError::Conflict {
             seq,
             kind: journal::KIND_VOUCHER_CLAIMED,
             conflict,
         };
         while let Some((seq, first)) = run.first() {
-            let (seq, tranche_id) = (*seq, first.tranche_id().to_owned());
+            let (seq, tranche_id) = (*seq, first.claim().tranche_id().to_owned());
             let same = run
                 .iter()
-                .position(|(_, c)| c.tranche_id() != tranche_id)
+                .position(|(_, c)| c.claim().tranche_id() != tranche_id)
                 .unwrap_or(run.len());
             let shard = self.catalog.tranche(&tranche_id).ok_or_else(|| {
                 conflict(seq, ReplayConflict::UnknownTranche(tranche_id.to_string()))

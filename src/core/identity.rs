@@ -56,7 +56,7 @@ pub struct KeyDigest(pub u128);
 pub const MAX_KEYS_PER_IDENTITY: usize = 4;
 
 /// The secret SipHash key for digests. Chosen at random by the daemon at start.
-#[derive(Copy, Clone, Debug)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct DigestKey {
     k0: u64,
     k1: u64,

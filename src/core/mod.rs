@@ -40,7 +40,7 @@ pub use merchant::{
     ImportRow, Merchant, MerchantFilter, MerchantImport, MerchantRegistry, MerchantRules,
     MerchantShare, MerchantStatus, RowError, RowErrors, StatusCounts, UnknownMerchant,
 };
-pub use replay::ReplayConflict;
+pub use replay::{DigestedClaim, ReplayConflict};
 pub use time::UnixMillis;
 pub use tranche::{
     ClaimCommand, ClaimDecision, ControlDecision, CountyCode, CountyStock, RedefineConflict,

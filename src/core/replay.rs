@@ -25,9 +25,45 @@ use super::event::VoucherClaimed;
 use super::event::{
     Event, PoolDrawn, RedemptionRefunded, Settlement, VoucherRedeemed, VouchersRevoked,
 };
-use super::identity::IdentityKeys;
+use super::identity::{DigestKey, IdentityKeys};
 use super::lifecycle::{Ledger, MAX_REFUNDS_PER_REDEMPTION, TrancheMoney, VoucherState};
 use super::tranche::{ClaimDigests, CountyCode, LogEntry, MAX_COUNTIES_PER_TRANCHE, TrancheBook};
+
+/// A claim read back from disk with its identity and request digests, ready for
+/// [`TrancheBook::replay_claims`].
+#[derive(Clone, Debug)]
+pub struct DigestedClaim {
+    claim: VoucherClaimed,
+    digests: ClaimDigests,
+    /// The key the digests were made with; the tranche checks it is its own.
+    key: DigestKey,
+}
+
+impl DigestedClaim {
+    pub fn new(key: DigestKey, claim: VoucherClaimed) -> DigestedClaim {
+        let digests = claim_digests(&key, &claim);
+        DigestedClaim {
+            claim,
+            digests,
+            key,
+        }
+    }
+
+    pub fn claim(&self) -> &VoucherClaimed {
+        &self.claim
+    }
+}
+
+fn claim_digests(key: &DigestKey, event: &VoucherClaimed) -> ClaimDigests {
+    let identity = key.identity_digests(&IdentityKeys {
+        user_id: event.user_id(),
+        id_hash: event.id_hash(),
+        phone_hash: event.phone_hash(),
+        device_id: event.device_id(),
+    });
+    let request = key.request_digest(event.request_id());
+    ClaimDigests { identity, request }
+}
 
 /// Why an event read back from disk cannot be applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -218,7 +254,7 @@ impl TrancheBook {
     /// Applies a claim read back from disk, if it is one the core could have
     /// decided here; otherwise changes nothing and says why.
     pub fn replay_claim(&mut self, event: VoucherClaimed, seq: u64) -> Result<u32, ReplayConflict> {
-        let digests = self.claim_digests(&event);
+        let digests = claim_digests(&self.digest_key, &event);
         self.replay_claim_with(event, &digests, seq)
     }
 
@@ -230,15 +266,22 @@ impl TrancheBook {
     /// and applied in order, exactly as `replay_claim` would. Stops at the first claim
     /// that does not replay and returns its seq with the reason; the claims before it
     /// are applied, the ones after it are not.
+    ///
+    /// The claims come with their digests ([`DigestedClaim`]), computed by whoever decoded
+    /// them: at start-up that is the reading thread, so the hashing overlaps with the index
+    /// work here. Digests made with another key than this tranche's are a bug: asserted.
     pub fn replay_claims(
         &mut self,
-        run: impl IntoIterator<Item = (u64, VoucherClaimed)>,
+        run: impl IntoIterator<Item = (u64, DigestedClaim)>,
     ) -> Result<(), (u64, ReplayConflict)> {
         let run: Vec<(u64, VoucherClaimed, ClaimDigests)> = run
             .into_iter()
-            .map(|(seq, event)| {
-                let digests = self.claim_digests(&event);
-                (seq, event, digests)
+            .map(|(seq, digested)| {
+                assert!(
+                    digested.key == self.digest_key,
+                    "claim digested with another key than its tranche's"
+                );
+                (seq, digested.claim, digested.digests)
             })
             .collect();
         let touched = self.holders.touch(
@@ -254,17 +297,6 @@ impl TrancheBook {
                 .map_err(|conflict| (seq, conflict))?;
         }
         Ok(())
-    }
-
-    fn claim_digests(&self, event: &VoucherClaimed) -> ClaimDigests {
-        let identity = self.digest_key.identity_digests(&IdentityKeys {
-            user_id: event.user_id(),
-            id_hash: event.id_hash(),
-            phone_hash: event.phone_hash(),
-            device_id: event.device_id(),
-        });
-        let request = self.digest_key.request_digest(event.request_id());
-        ClaimDigests { identity, request }
     }
 
     fn replay_claim_with(
@@ -607,4 +639,69 @@ pub fn check_ledger<'a>(
         revoked_fen: fen(revoked)?,
     };
     Ok(ledger)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::event::{ClaimFields, Crs, Location};
+    use crate::core::time::UnixMillis;
+    use crate::core::tranche::TrancheSpec;
+
+    fn book(key: DigestKey) -> TrancheBook {
+        let spec = TrancheSpec {
+            tranche_id: "t".into(),
+            campaign_id: "c".into(),
+            opens_at: UnixMillis(0),
+            closes_at: UnixMillis(10),
+            expires_at: UnixMillis(10),
+            face_value_fen: 100,
+            threshold_fen: 0,
+            quotas: vec![(CountyCode(420502), 5)],
+            redeem_anywhere_in_city: false,
+            industries: Vec::new(),
+        };
+        TrancheBook::new(0, spec, key, 1)
+    }
+
+    fn claim(user: &str) -> VoucherClaimed {
+        VoucherClaimed::new(ClaimFields {
+            tranche_id: "t",
+            voucher_random: user.len() as u64,
+            county: CountyCode(420502),
+            claimed_at: UnixMillis(1),
+            user_id: user,
+            id_hash: None,
+            phone_hash: None,
+            device_id: None,
+            request_id: user,
+            request_fingerprint: 0,
+            location: Location {
+                lng: 111.3,
+                lat: 30.7,
+                crs: Crs::Gcj02,
+            },
+        })
+    }
+
+    #[test]
+    fn digested_claims_replay_and_dedupe_like_single_ones() {
+        let key = DigestKey::new(1, 2);
+        let mut book = book(key);
+        let run =
+            [(2, claim("a")), (3, claim("bb"))].map(|(seq, c)| (seq, DigestedClaim::new(key, c)));
+        book.replay_claims(run).expect("replays");
+        assert_eq!(book.voucher_count(), 2);
+        assert_eq!(
+            book.replay_claims([(4, DigestedClaim::new(key, claim("a")))]),
+            Err((4, ReplayConflict::IdentityHoldsVoucher))
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "another key")]
+    fn digests_made_with_another_key_are_a_bug() {
+        let mut book = book(DigestKey::new(1, 2));
+        let _ = book.replay_claims([(2, DigestedClaim::new(DigestKey::new(3, 4), claim("a")))]);
+    }
 }
