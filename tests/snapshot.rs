@@ -244,8 +244,48 @@ fn verification_refuses_every_flipped_bit_and_truncation() {
             "truncation to {len} accepted"
         );
     }
+    // The daemon reads the file in pieces (`verify_file`) rather than whole: the same
+    // records, and the same refusals (a sample of them, each one a file to write).
+    let streamed = snapshot::verify_file(&path).expect("the file verifies");
+    let in_memory = snapshot::verify(&path, good.clone()).expect("verifies");
+    assert_eq!(
+        streamed.records().expect("read"),
+        in_memory.records().expect("read")
+    );
+    let scratch = dir.path().join("scratch.snap");
+    let mut checked_files = 0;
+    for byte in (0..good.len()).step_by(37) {
+        let mut bad = good.clone();
+        bad[byte] ^= 1 << (byte % 8);
+        std::fs::write(&scratch, &bad).expect("write");
+        assert!(
+            snapshot::verify_file(&scratch).is_err(),
+            "flip at byte {byte} accepted from the file"
+        );
+        checked_files += 1;
+    }
+    for len in (0..good.len()).step_by(97) {
+        std::fs::write(&scratch, &good[..len]).expect("write");
+        assert!(
+            snapshot::verify_file(&scratch).is_err(),
+            "truncation to {len} accepted from the file"
+        );
+        checked_files += 1;
+    }
+    // A file changed after it verified is refused when it is read again to apply.
+    std::fs::write(&scratch, &good).expect("write");
+    let verified = snapshot::verify_file(&scratch).expect("verifies");
+    let mut changed = good.clone();
+    let body_byte = good.len() - 20;
+    changed[body_byte] ^= 0x10;
+    std::fs::write(&scratch, &changed).expect("write");
+    let mut recovered = voucherd::dispenser::Recovered::new(voucherd::core::DigestKey::new(1, 2));
+    assert!(
+        verified.apply(&mut recovered).is_err(),
+        "a snapshot changed between verifying and applying was applied"
+    );
     println!(
-        "snapshot of {} bytes: {checked} flipped bits refused",
+        "snapshot of {} bytes: {checked} flipped bits refused in memory, {checked_files} damaged files refused",
         good.len()
     );
 }
@@ -269,10 +309,7 @@ fn a_snapshot_with_impossible_content_refuses_to_start() {
     let verified =
         snapshot::verify(&path, std::fs::read(&path).expect("read")).expect("it verifies");
     let covered_seq = verified.covered_seq;
-    let mut records: Vec<(u8, u64, Vec<u8>)> = verified
-        .records()
-        .map(|(kind, seq, payload)| (kind, seq, payload.to_vec()))
-        .collect();
+    let mut records: Vec<(u8, u64, Vec<u8>)> = verified.records().expect("records");
     let claims: Vec<usize> = (0..records.len())
         .filter(|&i| records[i].0 == journal::KIND_VOUCHER_CLAIMED)
         .collect();
