@@ -49,7 +49,8 @@ const TRAILER_BYTES: usize = 12;
 const RECORD_HEAD_BYTES: usize = 13;
 /// Snapshots kept on disk; older ones are removed after a new one is in place.
 pub const SNAPSHOTS_KEPT: usize = 2;
-/// Largest snapshot file read back (a bound on memory at start-up).
+/// Largest snapshot file loaded; a bigger one is skipped as damaged (it is read in
+/// pieces, so this bounds start-up time, not memory).
 pub const MAX_SNAPSHOT_BYTES: u64 = 64 << 30;
 /// Bytes buffered while writing a snapshot.
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
@@ -821,8 +822,18 @@ pub fn load_latest(dir: &Path, recovered: &mut Recovered) -> Result<Option<Loade
             tracing::warn!(path = %path.display(), len, "snapshot larger than MAX_SNAPSHOT_BYTES; skipping it");
             continue;
         }
+        let started = std::time::Instant::now();
         match verify_file(&path) {
-            Ok(verified) => return verified.apply(recovered).map(Some),
+            Ok(verified) => {
+                tracing::info!(
+                    path = %path.display(),
+                    len,
+                    records = verified.records,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "snapshot verified; applying it"
+                );
+                return verified.apply(recovered).map(Some);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "skipping a snapshot that does not verify; falling back to an older one or the full WAL")
             }
