@@ -71,8 +71,10 @@ fn restart_loads_the_snapshot_and_replays_only_the_tail() {
     let covered = wait_for_snapshot(dir.path(), 200);
     let before = remaining(&daemon, "t1");
     daemon.kill();
+    // A kill between publishing a snapshot and removing the oldest leaves one extra; the
+    // restart removes it (`restart_removes_old_snapshots_a_crash_left`).
     assert!(
-        snapshots(dir.path()).len() <= snapshot::SNAPSHOTS_KEPT,
+        snapshots(dir.path()).len() <= snapshot::SNAPSHOTS_KEPT + 1,
         "old snapshots are removed"
     );
 
