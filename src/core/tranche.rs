@@ -427,8 +427,25 @@ impl TrancheBook {
 
     /// Decides a claim. Never mutates; see the module docs for the order of checks.
     pub fn decide_claim(&self, claim: &ClaimCommand<'_>, now: UnixMillis) -> ClaimDecision {
-        // A retry is answered as before, whatever has changed since.
         let request = self.digest_key.request_digest(claim.request_id);
+        let identity = self.digest_key.identity_digests(&claim.identity);
+        // Load every index slot this claim may look at before looking at any of them: in a
+        // big tranche each is a cache miss, and issued one after another they were most of
+        // the decision's time. Independent loads are in flight together (see
+        // `DigestIndex::touch`). The voucher-ID slot is only needed when there is stock.
+        let may_issue = claim
+            .county
+            .and_then(|county| self.county_slot(county))
+            .is_some_and(|slot| self.counties[slot].remaining() > 0);
+        let touched = self.requests.touch([request])
+            ^ self.holders.touch(identity.as_slice().iter().copied())
+            ^ if may_issue {
+                self.voucher_by_random.touch([claim.entropy])
+            } else {
+                0
+            };
+        std::hint::black_box(touched);
+        // A retry is answered as before, whatever has changed since.
         if let Some(voucher_index) = self.requests.get(request) {
             return if self.voucher(voucher_index).claim.request_fingerprint
                 == claim.request_fingerprint
@@ -455,7 +472,6 @@ impl TrancheBook {
         let Some(slot) = self.county_slot(county) else {
             return ClaimDecision::Refused(Refusal::CountyNotInTranche { county });
         };
-        let identity = self.digest_key.identity_digests(&claim.identity);
         if let Some(voucher_index) = identity
             .as_slice()
             .iter()
