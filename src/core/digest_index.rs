@@ -133,7 +133,7 @@ impl<K: IndexKey> DigestIndex<K> {
             .checked_next_power_of_two()
             .expect("index capacity fits usize");
         DigestIndex {
-            slots: SlotArray::empty(slots),
+            slots: SlotArray::empty(slots, PageSize::Huge),
             bits: slots.trailing_zeros(),
             len: 0,
             _key: std::marker::PhantomData,
@@ -223,7 +223,7 @@ impl<K: IndexKey> DigestIndex<K> {
     }
 
     fn grow(&mut self) {
-        let doubled = SlotArray::empty(self.slots.len() * 2);
+        let doubled = SlotArray::empty(self.slots.len() * 2, PageSize::Small);
         let old = std::mem::replace(&mut self.slots, doubled);
         self.bits += 1;
         self.len = 0;
@@ -262,6 +262,19 @@ const SLOT_BYTES: usize = 16;
 /// Smaller arrays stay on the heap, where a mapping of their own would waste most of a page.
 const HUGE_PAGE_ARRAY_MIN_BYTES: usize = 2 << 20;
 
+/// Which pages a slot array asks for.
+///
+/// Huge pages only for the array sized when the tranche is defined (an admin call, before
+/// the release): on this VM a fresh huge page is often memory the host has to hand back
+/// first, and a doubling during the release burst (a tranche past its presized size) took
+/// ~370 ms under the tranche lock with them against well under 100 ms without. A grown
+/// array is small pages, as every array was before.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum PageSize {
+    Huge,
+    Small,
+}
+
 /// The memory of a slot array: `len` slots of [`SLOT_BYTES`] each, read and written as
 /// bytes so this stays safe code whatever backs it.
 #[derive(Debug)]
@@ -279,8 +292,8 @@ struct SlotArray {
 impl SlotArray {
     /// `len` empty slots, every byte written now (which also faults every page in, so the
     /// release burst takes no first-touch faults on it).
-    fn empty(len: usize) -> SlotArray {
-        let mut array = SlotArray::uninitialised(len);
+    fn empty(len: usize, pages: PageSize) -> SlotArray {
+        let mut array = SlotArray::uninitialised(len, pages);
         let empty = EMPTY_SLOT.to_bytes();
         for slot in array.bytes_mut().chunks_exact_mut(SLOT_BYTES) {
             slot.copy_from_slice(&empty);
@@ -289,9 +302,9 @@ impl SlotArray {
     }
 
     /// `len` slots whose contents are zero (not yet valid: the caller writes every one).
-    fn uninitialised(len: usize) -> SlotArray {
+    fn uninitialised(len: usize, pages: PageSize) -> SlotArray {
         let bytes = len.checked_mul(SLOT_BYTES).expect("slot array fits usize");
-        let memory = if bytes >= HUGE_PAGE_ARRAY_MIN_BYTES {
+        let memory = if pages == PageSize::Huge && bytes >= HUGE_PAGE_ARRAY_MIN_BYTES {
             match memmap2::MmapOptions::new().len(bytes).map_anon() {
                 Ok(map) => {
                     // Advice only: without THP (or on an old kernel) it is 4 KiB pages as before.
@@ -347,7 +360,11 @@ impl SlotArray {
 
 impl Clone for SlotArray {
     fn clone(&self) -> SlotArray {
-        let mut copy = SlotArray::uninitialised(self.len);
+        let pages = match self.memory {
+            SlotMemory::Heap(_) => PageSize::Small,
+            SlotMemory::Mapped(_) => PageSize::Huge,
+        };
+        let mut copy = SlotArray::uninitialised(self.len, pages);
         copy.bytes_mut().copy_from_slice(self.bytes());
         copy
     }

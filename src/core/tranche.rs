@@ -15,7 +15,7 @@ use super::rng::splitmix64;
 
 use super::digest_index::DigestIndex;
 use super::event::{ClaimFields, Event, Location, TrancheControl, VoucherClaimed};
-use super::identity::{DigestKey, IdentityDigests, IdentityKeys, KeyDigest};
+use super::identity::{DigestKey, IdentityDigests, IdentityKeys, KeyDigest, MAX_KEYS_PER_IDENTITY};
 use super::lifecycle::{Redemption, TrancheMoney, VoucherState, VoucherStatus};
 use super::time::UnixMillis;
 use super::voucher::{Voucher, VoucherId};
@@ -33,11 +33,17 @@ pub const MAX_INDUSTRIES_PER_TRANCHE: usize = 32;
 pub const MAX_INDUSTRY_BYTES: usize = 64;
 /// A tranche's indexes are sized for its whole quota (up to this many vouchers)
 /// when it is defined, so neither the release burst nor a replay pays for
-/// growing them. At the cap the three indexes take 128 MiB (16-byte slots, at
-/// most half full); a bigger tranche grows them by doubling past it.
+/// growing them. At the cap the three indexes take 192 MiB (16-byte slots, at
+/// most half full); a bigger tranche grows them by doubling past it, and each
+/// doubling holds the tranche's lock while it rehashes (about 0.1–0.4 s at a
+/// few million keys on this VM): see BENCHMARKS.md, open loop.
 const PRESIZED_VOUCHERS_MAX: u64 = 1 << 20;
-/// Identity keys expected per voucher when presizing (user ID plus one more).
-const PRESIZED_KEYS_PER_VOUCHER: usize = 2;
+/// Identity keys presized per voucher: every key a claim may carry
+/// ([`MAX_KEYS_PER_IDENTITY`]). With two (user ID plus one more), platforms that
+/// send all four keys grew the holders index at half the presized vouchers, in
+/// the middle of a release: a ~0.4 s stall under the lock, measured as the open
+/// loop's p99.
+const PRESIZED_KEYS_PER_VOUCHER: usize = MAX_KEYS_PER_IDENTITY;
 /// Bounded attempts to find an unused voucher random; a collision of 64-bit
 /// CSPRNG values is already astronomically unlikely.
 const MAX_VOUCHER_ID_ATTEMPTS: u32 = 64;
