@@ -57,6 +57,7 @@ struct Slot {
     value: u32,
 }
 
+#[cfg(test)]
 const EMPTY_SLOT: Slot = Slot {
     key_low: 0,
     key_high: 0,
@@ -64,6 +65,8 @@ const EMPTY_SLOT: Slot = Slot {
 };
 
 impl Slot {
+    /// In memory a value is stored plus one, so that [`EMPTY`] is stored as zero and an
+    /// array of zero bytes (fresh anonymous memory) is an array of empty slots.
     fn from_bytes(bytes: &[u8; SLOT_BYTES]) -> Slot {
         let [
             k0,
@@ -86,7 +89,7 @@ impl Slot {
         Slot {
             key_low: u64::from_ne_bytes([k0, k1, k2, k3, k4, k5, k6, k7]),
             key_high: u32::from_ne_bytes([h0, h1, h2, h3]),
-            value: u32::from_ne_bytes([v0, v1, v2, v3]),
+            value: u32::from_ne_bytes([v0, v1, v2, v3]).wrapping_sub(1),
         }
     }
 
@@ -94,7 +97,7 @@ impl Slot {
         let mut out = [0; SLOT_BYTES];
         out[..8].copy_from_slice(&self.key_low.to_ne_bytes());
         out[8..12].copy_from_slice(&self.key_high.to_ne_bytes());
-        out[12..].copy_from_slice(&self.value.to_ne_bytes());
+        out[12..].copy_from_slice(&self.value.wrapping_add(1).to_ne_bytes());
         out
     }
 
@@ -108,14 +111,52 @@ fn home_of((low, high): (u64, u32), bits: u32) -> usize {
     ((low ^ u64::from(high).rotate_left(32)).wrapping_mul(SPREAD) >> (u64::BITS - bits)) as usize
 }
 
+/// The slot of `slots` (`2^bits` of them, at least one empty) holding `stored`, or the empty
+/// slot where it would go.
+fn find_in(slots: &SlotArray, bits: u32, stored: (u64, u32)) -> usize {
+    let mask = slots.len() - 1;
+    let mut i = home_of(stored, bits);
+    loop {
+        let slot = slots.get(i);
+        if slot.value == EMPTY || slot.holds(stored) {
+            return i;
+        }
+        i = (i + 1) & mask;
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct DigestIndex<K: IndexKey> {
     slots: SlotArray,
     /// `log2(slots.len())`.
     bits: u32,
+    /// Distinct keys held (in `slots`, or still only in `retiring`).
     len: usize,
+    /// While the index grows: the previous, half-size slot array, whose entries are moved
+    /// into `slots` a few at a time by each insert instead of all at once.
+    retiring: Option<Box<Retiring>>,
     _key: std::marker::PhantomData<K>,
 }
+
+/// The slot array an index is growing out of.
+///
+/// Growing in one step held the tranche's lock while millions of keys were rehashed (a
+/// ~0.4 s stall in the middle of a release for a tranche past its presized size); now each
+/// insert moves [`MIGRATE_SLOTS_PER_INSERT`] slots. Invariant: every key is in the new array
+/// or in `slots[cursor..]` here (a moved key stays here too, behind the cursor), so a lookup
+/// that misses in the new array looks here; a key absent from both is absent.
+#[derive(Clone, Debug)]
+struct Retiring {
+    slots: SlotArray,
+    bits: u32,
+    /// Slots before this one have been moved.
+    cursor: usize,
+}
+
+/// Old slots moved per insert while growing. Growth starts when the index holds half as many
+/// keys as the old array has slots, so the move ends after `old slots / 16` inserts, long
+/// before the new array (twice the old one) passes its own load limit.
+const MIGRATE_SLOTS_PER_INSERT: usize = 16;
 
 impl<K: IndexKey> Default for DigestIndex<K> {
     fn default() -> Self {
@@ -136,6 +177,7 @@ impl<K: IndexKey> DigestIndex<K> {
             slots: SlotArray::empty(slots, PageSize::Huge),
             bits: slots.trailing_zeros(),
             len: 0,
+            retiring: None,
             _key: std::marker::PhantomData,
         }
     }
@@ -157,29 +199,23 @@ impl<K: IndexKey> DigestIndex<K> {
         home_of(key.stored(), self.bits)
     }
 
-    fn mask(&self) -> usize {
-        self.slots.len() - 1
-    }
-
-    /// The slot holding `key`, or the empty slot where it would go.
-    fn find(&self, key: K) -> usize {
-        self.find_stored(key.stored())
-    }
-
     fn find_stored(&self, stored: (u64, u32)) -> usize {
-        let mask = self.mask();
-        let mut i = home_of(stored, self.bits);
-        loop {
-            let slot = self.slots.get(i);
-            if slot.value == EMPTY || slot.holds(stored) {
-                return i;
-            }
-            i = (i + 1) & mask;
-        }
+        find_in(&self.slots, self.bits, stored)
     }
 
     pub fn get(&self, key: K) -> Option<u32> {
-        let slot = self.slots.get(self.find(key));
+        self.get_stored(key.stored())
+    }
+
+    fn get_stored(&self, stored: (u64, u32)) -> Option<u32> {
+        let slot = self.slots.get(self.find_stored(stored));
+        if slot.value != EMPTY {
+            return Some(slot.value);
+        }
+        let retiring = self.retiring.as_deref()?;
+        let slot = retiring
+            .slots
+            .get(find_in(&retiring.slots, retiring.bits, stored));
         (slot.value != EMPTY).then_some(slot.value)
     }
 
@@ -191,23 +227,22 @@ impl<K: IndexKey> DigestIndex<K> {
     /// (and changes nothing), like `HashMap::insert` without the overwrite.
     pub fn insert(&mut self, key: K, value: u32) -> Option<u32> {
         assert!(value != EMPTY, "index value {value} is reserved");
-        let at = self.find(key);
-        let found = self.slots.get(at).value;
-        if found != EMPTY {
+        let stored = key.stored();
+        if let Some(found) = self.get_stored(stored) {
             return Some(found);
         }
-        if self.len + 1 > self.capacity() {
-            self.grow();
-            let at = self.find(key);
-            self.put(at, key, value);
-        } else {
-            self.put(at, key, value);
+        if self.retiring.is_none() && self.len + 1 > self.capacity() {
+            self.start_growing();
         }
+        let at = self.find_stored(stored);
+        self.put_stored(at, stored, value);
+        self.len += 1;
+        self.migrate(MIGRATE_SLOTS_PER_INSERT);
+        assert!(
+            self.len <= self.capacity(),
+            "index over its load limit while growing"
+        );
         None
-    }
-
-    fn put(&mut self, at: usize, key: K, value: u32) {
-        self.put_stored(at, key.stored(), value);
     }
 
     fn put_stored(&mut self, at: usize, (key_low, key_high): (u64, u32), value: u32) {
@@ -219,18 +254,44 @@ impl<K: IndexKey> DigestIndex<K> {
                 value,
             },
         );
-        self.len += 1;
     }
 
-    fn grow(&mut self) {
+    /// Starts moving to an array twice the size; the moving is done by later inserts.
+    fn start_growing(&mut self) {
         let doubled = SlotArray::empty(self.slots.len() * 2, PageSize::Small);
         let old = std::mem::replace(&mut self.slots, doubled);
+        let old_bits = self.bits;
         self.bits += 1;
-        self.len = 0;
-        for slot in old.iter().filter(|s| s.value != EMPTY) {
+        self.retiring = Some(Box::new(Retiring {
+            slots: old,
+            bits: old_bits,
+            cursor: 0,
+        }));
+    }
+
+    /// Moves up to `slots` slots of the retiring array into the current one.
+    fn migrate(&mut self, slots: usize) {
+        let Some(mut retiring) = self.retiring.take() else {
+            return;
+        };
+        let end = (retiring.cursor + slots).min(retiring.slots.len());
+        for i in retiring.cursor..end {
+            let slot = retiring.slots.get(i);
+            if slot.value == EMPTY {
+                continue;
+            }
             let stored = (slot.key_low, slot.key_high);
             let at = self.find_stored(stored);
+            // Only `insert` adds keys, and it adds none the retiring array holds.
+            assert!(
+                self.slots.get(at).value == EMPTY,
+                "a key in both arrays of a growing index"
+            );
             self.put_stored(at, stored, slot.value);
+        }
+        retiring.cursor = end;
+        if end < retiring.slots.len() {
+            self.retiring = Some(retiring);
         }
     }
 
@@ -243,10 +304,17 @@ impl<K: IndexKey> DigestIndex<K> {
             .fold(0, |acc, key| acc ^ self.slots.get(self.home(key)).value)
     }
 
-    /// Every value, in slot order.
+    /// Every value, once each: the current array's, then those not yet moved out of the
+    /// retiring one.
     pub fn values(&self) -> impl Iterator<Item = u32> + '_ {
+        let unmoved = self
+            .retiring
+            .as_deref()
+            .into_iter()
+            .flat_map(|r| r.slots.iter().skip(r.cursor));
         self.slots
             .iter()
+            .chain(unmoved)
             .filter(|s| s.value != EMPTY)
             .map(|s| s.value)
     }
@@ -264,11 +332,11 @@ const HUGE_PAGE_ARRAY_MIN_BYTES: usize = 2 << 20;
 
 /// Which pages a slot array asks for.
 ///
-/// Huge pages only for the array sized when the tranche is defined (an admin call, before
-/// the release): on this VM a fresh huge page is often memory the host has to hand back
-/// first, and a doubling during the release burst (a tranche past its presized size) took
-/// ~370 ms under the tranche lock with them against well under 100 ms without. A grown
-/// array is small pages, as every array was before.
+/// Huge pages, written in full, only for the array sized when the tranche is defined (an
+/// admin call, before the release). An array a tranche grows into during the release gets
+/// small pages, faulted in as inserts reach them: a fresh huge-page array cost 393 ms to
+/// fill and rehash into here, against 100 ms for small pages (and growing is now spread
+/// over inserts, see [`Retiring`]).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum PageSize {
     Huge,
@@ -290,25 +358,22 @@ struct SlotArray {
 }
 
 impl SlotArray {
-    /// `len` empty slots, every byte written now (which also faults every page in, so the
-    /// release burst takes no first-touch faults on it).
+    /// `len` empty slots (all bytes zero: see [`Slot::from_bytes`]).
+    ///
+    /// A presized array ([`PageSize::Huge`]) has every page written now, which faults it in,
+    /// so the release burst takes no first-touch faults on it. A grown array is not written:
+    /// its pages stay zero until first touched, so starting to grow costs no pass over it
+    /// while the tranche's lock is held.
     fn empty(len: usize, pages: PageSize) -> SlotArray {
-        let mut array = SlotArray::uninitialised(len, pages);
-        let empty = EMPTY_SLOT.to_bytes();
-        for slot in array.bytes_mut().chunks_exact_mut(SLOT_BYTES) {
-            slot.copy_from_slice(&empty);
-        }
-        array
-    }
-
-    /// `len` slots whose contents are zero (not yet valid: the caller writes every one).
-    fn uninitialised(len: usize, pages: PageSize) -> SlotArray {
         let bytes = len.checked_mul(SLOT_BYTES).expect("slot array fits usize");
-        let memory = if pages == PageSize::Huge && bytes >= HUGE_PAGE_ARRAY_MIN_BYTES {
+        let memory = if bytes >= HUGE_PAGE_ARRAY_MIN_BYTES {
             match memmap2::MmapOptions::new().len(bytes).map_anon() {
-                Ok(map) => {
-                    // Advice only: without THP (or on an old kernel) it is 4 KiB pages as before.
-                    let _ = map.advise(memmap2::Advice::HugePage);
+                Ok(mut map) => {
+                    if pages == PageSize::Huge {
+                        // Advice only: without THP (or on an old kernel) it is 4 KiB pages.
+                        let _ = map.advise(memmap2::Advice::HugePage);
+                        map.fill(0);
+                    }
                     SlotMemory::Mapped(map)
                 }
                 // Out of address space or memory: the same failure the heap would report.
@@ -364,7 +429,7 @@ impl Clone for SlotArray {
             SlotMemory::Heap(_) => PageSize::Small,
             SlotMemory::Mapped(_) => PageSize::Huge,
         };
-        let mut copy = SlotArray::uninitialised(self.len, pages);
+        let mut copy = SlotArray::empty(self.len, pages);
         copy.bytes_mut().copy_from_slice(self.bytes());
         copy
     }
@@ -457,6 +522,55 @@ mod tests {
         }
         assert_eq!(copy.get(1), None);
         assert_eq!(index.values().count(), entries);
+    }
+
+    #[test]
+    fn an_empty_slot_is_zero_bytes() {
+        assert_eq!(EMPTY_SLOT.to_bytes(), [0; SLOT_BYTES]);
+        assert_eq!(Slot::from_bytes(&[0; SLOT_BYTES]), EMPTY_SLOT);
+    }
+
+    /// Past a presized, mapped array: growth moves slots a few per insert; at every step
+    /// (checked at a sample of them) each key is found once, in whichever array holds it,
+    /// a clone taken mid-move agrees, and the move ends before the next doubling.
+    #[test]
+    fn growing_moves_keys_a_few_per_insert_and_loses_none() {
+        let presized = HUGE_PAGE_ARRAY_MIN_BYTES / SLOT_BYTES / 2;
+        let mut index: DigestIndex<u64> = DigestIndex::with_capacity(presized);
+        let key = |i: u64| (i + 1).wrapping_mul(SPREAD);
+        let total = presized as u64 * 3;
+        let mut saw_moving = false;
+        for i in 0..total {
+            assert_eq!(index.insert(key(i), i as u32), None);
+            assert_eq!(
+                index.insert(key(i), 0),
+                Some(i as u32),
+                "a key is held once"
+            );
+            if let Some(retiring) = index.retiring.as_deref() {
+                assert!(retiring.cursor < retiring.slots.len());
+                if !saw_moving && retiring.cursor > 0 {
+                    saw_moving = true;
+                    let copy = index.clone();
+                    for j in (0..=i).step_by(97) {
+                        assert_eq!(copy.get(key(j)), Some(j as u32), "clone mid-move, key {j}");
+                    }
+                    assert_eq!(copy.values().count(), i as usize + 1);
+                }
+            }
+            if i % 4099 == 0 {
+                for j in (0..=i).step_by(13) {
+                    assert_eq!(index.get(key(j)), Some(j as u32), "key {j} after {i}");
+                }
+            }
+        }
+        assert!(saw_moving, "the test grew the index");
+        assert_eq!(index.len(), total as usize);
+        assert_eq!(index.values().count(), total as usize);
+        for i in 0..total {
+            assert_eq!(index.get(key(i)), Some(i as u32));
+        }
+        assert_eq!(index.get(key(total)), None);
     }
 
     #[test]
