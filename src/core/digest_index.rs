@@ -153,10 +153,12 @@ struct Retiring {
     cursor: usize,
 }
 
-/// Old slots moved per insert while growing. Growth starts when the index holds half as many
-/// keys as the old array has slots, so the move ends after `old slots / 16` inserts, long
-/// before the new array (twice the old one) passes its own load limit.
-const MIGRATE_SLOTS_PER_INSERT: usize = 16;
+/// Old slots moved per insert while growing (1 KiB read in order, at most 32 keys placed).
+/// Growth starts when the index holds half as many keys as the old array has slots, so the
+/// move ends after `old slots / 64` inserts, long before the new array (twice the old one)
+/// passes its own load limit. While it lasts, a lookup that misses probes both arrays, so a
+/// short move is a cheap one.
+const MIGRATE_SLOTS_PER_INSERT: usize = 64;
 
 impl<K: IndexKey> Default for DigestIndex<K> {
     fn default() -> Self {
@@ -174,7 +176,7 @@ impl<K: IndexKey> DigestIndex<K> {
             .checked_next_power_of_two()
             .expect("index capacity fits usize");
         DigestIndex {
-            slots: SlotArray::empty(slots, PageSize::Huge),
+            slots: SlotArray::empty(slots, Prefault::Now),
             bits: slots.trailing_zeros(),
             len: 0,
             retiring: None,
@@ -258,7 +260,7 @@ impl<K: IndexKey> DigestIndex<K> {
 
     /// Starts moving to an array twice the size; the moving is done by later inserts.
     fn start_growing(&mut self) {
-        let doubled = SlotArray::empty(self.slots.len() * 2, PageSize::Small);
+        let doubled = SlotArray::empty(self.slots.len() * 2, Prefault::OnFirstTouch);
         let old = std::mem::replace(&mut self.slots, doubled);
         let old_bits = self.bits;
         self.bits += 1;
@@ -300,8 +302,11 @@ impl<K: IndexKey> DigestIndex<K> {
     /// cache misses in flight at once; the lookups that follow then hit the cache. This is
     /// a prefetch in safe code.
     pub fn touch(&self, keys: impl IntoIterator<Item = K>) -> u32 {
-        keys.into_iter()
-            .fold(0, |acc, key| acc ^ self.slots.get(self.home(key)).value)
+        let retiring = self.retiring.as_deref();
+        keys.into_iter().fold(0, |acc, key| {
+            let old = retiring.map_or(0, |r| r.slots.get(home_of(key.stored(), r.bits)).value);
+            acc ^ self.slots.get(self.home(key)).value ^ old
+        })
     }
 
     /// Every value, once each: the current array's, then those not yet moved out of the
@@ -330,17 +335,18 @@ const SLOT_BYTES: usize = 16;
 /// Smaller arrays stay on the heap, where a mapping of their own would waste most of a page.
 const HUGE_PAGE_ARRAY_MIN_BYTES: usize = 2 << 20;
 
-/// Which pages a slot array asks for.
+/// When a new slot array's pages are faulted in.
 ///
-/// Huge pages, written in full, only for the array sized when the tranche is defined (an
-/// admin call, before the release). An array a tranche grows into during the release gets
-/// small pages, faulted in as inserts reach them: a fresh huge-page array cost 393 ms to
-/// fill and rehash into here, against 100 ms for small pages (and growing is now spread
-/// over inserts, see [`Retiring`]).
+/// `Now`, every page written, for the array sized when the tranche is defined (an admin call,
+/// before the release), so the burst takes no first-touch faults on it. `OnFirstTouch` for an
+/// array a tranche grows into during the release: writing it all at once was a stall under the
+/// tranche lock (a fresh 128 MiB array took 270–370 ms to fill on this VM's cold memory), so
+/// its pages stay zero, which is empty, until inserts reach them. Both are huge pages when big
+/// enough: with small pages a 10 M-claim replay took twice as long (TLB misses on every probe).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-enum PageSize {
-    Huge,
-    Small,
+enum Prefault {
+    Now,
+    OnFirstTouch,
 }
 
 /// The memory of a slot array: `len` slots of [`SLOT_BYTES`] each, read and written as
@@ -360,18 +366,18 @@ struct SlotArray {
 impl SlotArray {
     /// `len` empty slots (all bytes zero: see [`Slot::from_bytes`]).
     ///
-    /// A presized array ([`PageSize::Huge`]) has every page written now, which faults it in,
+    /// A presized array ([`Prefault::Now`]) has every page written now, which faults it in,
     /// so the release burst takes no first-touch faults on it. A grown array is not written:
     /// its pages stay zero until first touched, so starting to grow costs no pass over it
     /// while the tranche's lock is held.
-    fn empty(len: usize, pages: PageSize) -> SlotArray {
+    fn empty(len: usize, prefault: Prefault) -> SlotArray {
         let bytes = len.checked_mul(SLOT_BYTES).expect("slot array fits usize");
         let memory = if bytes >= HUGE_PAGE_ARRAY_MIN_BYTES {
             match memmap2::MmapOptions::new().len(bytes).map_anon() {
                 Ok(mut map) => {
-                    if pages == PageSize::Huge {
-                        // Advice only: without THP (or on an old kernel) it is 4 KiB pages.
-                        let _ = map.advise(memmap2::Advice::HugePage);
+                    // Advice only: without THP (or on an old kernel) it is 4 KiB pages.
+                    let _ = map.advise(memmap2::Advice::HugePage);
+                    if prefault == Prefault::Now {
                         map.fill(0);
                     }
                     SlotMemory::Mapped(map)
@@ -425,11 +431,11 @@ impl SlotArray {
 
 impl Clone for SlotArray {
     fn clone(&self) -> SlotArray {
-        let pages = match self.memory {
-            SlotMemory::Heap(_) => PageSize::Small,
-            SlotMemory::Mapped(_) => PageSize::Huge,
+        let prefault = match self.memory {
+            SlotMemory::Heap(_) => Prefault::OnFirstTouch,
+            SlotMemory::Mapped(_) => Prefault::Now,
         };
-        let mut copy = SlotArray::empty(self.len, pages);
+        let mut copy = SlotArray::empty(self.len, prefault);
         copy.bytes_mut().copy_from_slice(self.bytes());
         copy
     }
