@@ -34,9 +34,8 @@ pub const MAX_INDUSTRY_BYTES: usize = 64;
 /// A tranche's indexes are sized for its whole quota (up to this many vouchers)
 /// when it is defined, so neither the release burst nor a replay pays for
 /// growing them. At the cap the three indexes take 192 MiB (16-byte slots, at
-/// most half full); a bigger tranche grows them by doubling past it, and each
-/// doubling holds the tranche's lock while it rehashes (about 0.1–0.4 s at a
-/// few million keys on this VM): see BENCHMARKS.md, open loop.
+/// most half full); a bigger tranche grows them by doubling past it, spread
+/// over the inserts that follow (`DigestIndex`, "Retiring").
 const PRESIZED_VOUCHERS_MAX: u64 = 1 << 20;
 /// Identity keys presized per voucher: every key a claim may carry
 /// ([`MAX_KEYS_PER_IDENTITY`]). With two (user ID plus one more), platforms that
