@@ -442,17 +442,27 @@ pub fn verify(path: &Path, bytes: Vec<u8>) -> Result<Verified, SnapshotError> {
         return Err(invalid("body checksum mismatch".into()));
     }
     let counted = walk(&bytes[HEADER_BYTES..body_end], |_, _, _| Ok(())).map_err(&invalid)?;
+    verified(path, &header, counted, Body::Memory(bytes))
+}
+
+/// The end of both verifications: the body holds as many records as the header says.
+fn verified(
+    path: &Path,
+    header: &Header,
+    counted: u64,
+    body: Body,
+) -> Result<Verified, SnapshotError> {
     if counted != header.records {
-        return Err(invalid(format!(
-            "header says {} records, body has {counted}",
-            header.records
-        )));
+        return Err(SnapshotError::Invalid {
+            path: path.to_owned(),
+            reason: format!("header says {} records, body has {counted}", header.records),
+        });
     }
     Ok(Verified {
         path: path.to_owned(),
         covered_seq: header.covered_seq,
         records: header.records,
-        body: Body::Memory(bytes),
+        body,
     })
 }
 
@@ -489,18 +499,7 @@ pub fn verify_file(path: &Path) -> Result<Verified, SnapshotError> {
         Err(Walked::Io(e)) => return Err(e),
         Err(Walked::Refused(..)) => unreachable!("verifying applies nothing"),
     };
-    if counted != header.records {
-        return Err(invalid(format!(
-            "header says {} records, body has {counted}",
-            header.records
-        )));
-    }
-    Ok(Verified {
-        path: path.to_owned(),
-        covered_seq: header.covered_seq,
-        records: header.records,
-        body,
-    })
+    verified(path, &header, counted, body)
 }
 
 /// Calls `f(kind, seq, payload)` for each record of a snapshot file's body, reading it in
