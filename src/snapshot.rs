@@ -712,7 +712,7 @@ impl Verified {
 }
 
 /// Why walking a snapshot's records stopped.
-pub enum Walked {
+enum Walked {
     /// The framing or a seq is wrong.
     Invalid(String),
     /// Record number `.0` (from 0) was refused by recovery.

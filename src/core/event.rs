@@ -202,19 +202,9 @@ impl VoucherClaimed {
 
 impl std::fmt::Debug for VoucherClaimed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let fields = self.fields();
-        f.debug_struct("VoucherClaimed")
-            .field("tranche_id", &fields.tranche_id)
-            .field("voucher_random", &fields.voucher_random)
-            .field("county", &fields.county)
-            .field("claimed_at", &fields.claimed_at)
-            .field("user_id", &fields.user_id)
-            .field("id_hash", &fields.id_hash)
-            .field("phone_hash", &fields.phone_hash)
-            .field("device_id", &fields.device_id)
-            .field("request_id", &fields.request_id)
-            .field("request_fingerprint", &fields.request_fingerprint)
-            .field("location", &fields.location)
+        // The packed form is not worth showing: show the fields it holds.
+        f.debug_tuple("VoucherClaimed")
+            .field(&self.fields())
             .finish()
     }
 }
