@@ -1170,14 +1170,18 @@ impl Dispenser {
                 let case = book.revocation(c);
                 (case.reason.clone(), case.case_id.clone())
             }),
-            id: voucher.id,
+            id: voucher.id(),
             tranche_id: spec.tranche_id.clone(),
             campaign_id: spec.campaign_id.clone(),
-            county: voucher.county,
-            county_name: self.counties.name(voucher.county).unwrap_or("").to_owned(),
+            county: voucher.county(),
+            county_name: self
+                .counties
+                .name(voucher.county())
+                .unwrap_or("")
+                .to_owned(),
             face_value_fen: spec.face_value_fen,
             threshold_fen: spec.threshold_fen,
-            claimed_at: voucher.claimed_at,
+            claimed_at: voucher.claimed_at(),
             expires_at: spec.expires_at,
         }
     }

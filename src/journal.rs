@@ -337,10 +337,10 @@ fn write_claim(w: &mut Writer, v: &VoucherClaimed) {
     w.opt_str(v.phone_hash());
     w.opt_str(v.device_id());
     w.str(v.request_id());
-    w.u128(v.request_fingerprint);
-    w.u64(v.location.lng.to_bits());
-    w.u64(v.location.lat.to_bits());
-    w.u8(match v.location.crs {
+    w.u128(v.request_fingerprint());
+    w.u64(v.location().lng.to_bits());
+    w.u64(v.location().lat.to_bits());
+    w.u8(match v.location().crs {
         Crs::Gcj02 => 1,
         Crs::Wgs84 => 2,
     });

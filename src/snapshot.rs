@@ -243,16 +243,18 @@ fn write_body(out: &mut impl Write, checkpoint: &Checkpoint) -> std::io::Result<
     for tranche in &checkpoint.tranches {
         for entry in tranche.log.iter() {
             match entry {
-                LogEntry::Claim { voucher_index } => {
-                    let voucher = tranche
-                        .vouchers
-                        .get(*voucher_index as usize)
-                        .expect("logged voucher exists");
-                    state.record(
-                        journal::KIND_VOUCHER_CLAIMED,
-                        voucher.seq,
-                        &journal::encode_claim(&voucher.claim),
-                    )?;
+                LogEntry::Claims { first, count } => {
+                    for index in *first..first + count {
+                        let voucher = tranche
+                            .vouchers
+                            .get(index as usize)
+                            .expect("logged voucher exists");
+                        state.record(
+                            journal::KIND_VOUCHER_CLAIMED,
+                            voucher.seq,
+                            &journal::encode_claim(&voucher.claim),
+                        )?;
+                    }
                 }
                 LogEntry::Event { seq, event } => state.event(*seq, event)?,
             }

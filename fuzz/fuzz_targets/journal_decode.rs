@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
 
 fn has_nan(event: &Event) -> bool {
     match event {
-        Event::VoucherClaimed(v) => v.location.lng.is_nan() || v.location.lat.is_nan(),
+        Event::VoucherClaimed(v) => v.location().lng.is_nan() || v.location().lat.is_nan(),
         _ => false,
     }
 }

@@ -52,6 +52,18 @@ impl<T: Clone> AppendLog<T> {
         }
     }
 
+    /// The last entry, if it is still open to change: `None` when the list is empty or
+    /// its last entry was frozen (shared chunks never change).
+    pub fn last_open_mut(&mut self) -> Option<&mut T> {
+        self.tail.last_mut()
+    }
+
+    pub fn last(&self) -> Option<&T> {
+        self.tail
+            .last()
+            .or_else(|| self.frozen.last().and_then(|c| c.last()))
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.frozen
             .iter()
@@ -114,10 +126,30 @@ mod tests {
         assert_eq!(log.len(), n);
         assert!((0..n).all(|i| log.get(i) == Some(&i)));
         assert_eq!(log.get(n), None);
+        assert_eq!(log.last(), Some(&(n - 1)));
         let shared = log.share();
         log.push(n);
         assert_eq!(shared.len(), n, "a share does not see later pushes");
         assert!(shared.iter().copied().eq(0..n));
         assert!(log.iter().copied().eq(0..=n));
+    }
+
+    #[test]
+    fn only_the_open_tail_changes() {
+        let mut log = AppendLog::default();
+        assert!(log.last_open_mut().is_none());
+        assert_eq!(log.last(), None);
+        for i in 0..CHUNK_ENTRIES {
+            log.push(i);
+        }
+        *log.last_open_mut().expect("tail") = 7;
+        let shared = log.share();
+        log.push(1);
+        // Pushing froze the full chunk: its last entry is shared now, the new one is open.
+        *log.last_open_mut().expect("tail") = 9;
+        assert_eq!(log.last(), Some(&9));
+        assert_eq!(log.get(CHUNK_ENTRIES - 1), Some(&7));
+        assert_eq!(shared.get(CHUNK_ENTRIES - 1), Some(&7));
+        assert_eq!(shared.len(), CHUNK_ENTRIES);
     }
 }

@@ -74,18 +74,25 @@ pub struct VoucherClaimed {
     /// `tranche_id`, `user_id`, `id_hash`, `phone_hash`, `device_id`, `request_id`,
     /// one after another (an absent optional key takes no bytes).
     keys: Box<str>,
-    /// Where each of the six ends in `keys`.
-    ends: [u16; CLAIM_TEXT_FIELDS],
-    /// Bit `i` set: optional key `i` (`id_hash`, `phone_hash`, `device_id`) is present.
-    present: u8,
+    /// Where each of the first five ends in `keys`; the last ends where `keys` does.
+    ends: [u16; CLAIM_TEXT_FIELDS - 1],
+    /// Bit `i` (0–2) set: optional key `i` (`id_hash`, `phone_hash`, `device_id`) is
+    /// present. [`FLAG_WGS84`]: the location is WGS-84 rather than GCJ-02.
+    flags: u8,
     pub voucher_random: u64,
     pub county: CountyCode,
     pub claimed_at: UnixMillis,
-    /// Stable hash of the claim body; a retry with the same `request_id` but a
-    /// different fingerprint is refused as `request_id_reused`.
-    pub request_fingerprint: u128,
-    pub location: Location,
+    /// Stable hash of the claim body (read through [`Self::request_fingerprint`]), low half
+    /// first: a `u128` field would align every claim, and every voucher holding one, to
+    /// 16 bytes.
+    fingerprint: [u64; 2],
+    /// The location's coordinates (read through [`Self::location`]); its CRS is a flag.
+    lng: f64,
+    lat: f64,
 }
+
+/// [`VoucherClaimed::flags`]: the claim's location is in WGS-84.
+const FLAG_WGS84: u8 = 1 << 3;
 
 /// The string fields of a claim, packed in [`VoucherClaimed::keys`].
 const CLAIM_TEXT_FIELDS: usize = 6;
@@ -127,40 +134,71 @@ impl VoucherClaimed {
             "claim strings of {total} bytes exceed {MAX_CLAIM_TEXT_BYTES}"
         );
         let mut keys = String::with_capacity(total);
-        let mut ends = [0u16; CLAIM_TEXT_FIELDS];
-        let mut present = 0u8;
+        let mut ends = [0u16; CLAIM_TEXT_FIELDS - 1];
+        let mut flags = match f.location.crs {
+            Crs::Gcj02 => 0,
+            Crs::Wgs84 => FLAG_WGS84,
+        };
         for (i, text) in texts.iter().enumerate() {
             if let Some(text) = text {
                 keys.push_str(text);
                 if (2..5).contains(&i) {
-                    present |= 1 << (i - 2);
+                    flags |= 1 << (i - 2);
                 }
             }
-            ends[i] = keys.len() as u16;
+            if let Some(end) = ends.get_mut(i) {
+                *end = keys.len() as u16;
+            }
         }
         VoucherClaimed {
             keys: keys.into_boxed_str(),
             ends,
-            present,
+            flags,
             voucher_random: f.voucher_random,
             county: f.county,
             claimed_at: f.claimed_at,
-            request_fingerprint: f.request_fingerprint,
-            location: f.location,
+            fingerprint: [
+                f.request_fingerprint as u64,
+                (f.request_fingerprint >> 64) as u64,
+            ],
+            lng: f.location.lng,
+            lat: f.location.lat,
         }
     }
 
     fn text(&self, field: usize) -> &str {
-        let start = if field == 0 {
-            0
-        } else {
-            usize::from(self.ends[field - 1])
+        let start = match field {
+            0 => 0,
+            _ => usize::from(self.ends[field - 1]),
         };
-        &self.keys[start..usize::from(self.ends[field])]
+        let end = self
+            .ends
+            .get(field)
+            .map_or(self.keys.len(), |e| usize::from(*e));
+        &self.keys[start..end]
     }
 
     fn optional(&self, field: usize) -> Option<&str> {
-        (self.present & (1 << (field - 2)) != 0).then(|| self.text(field))
+        (self.flags & (1 << (field - 2)) != 0).then(|| self.text(field))
+    }
+
+    /// Stable hash of the claim body; a retry with the same `request_id` but a
+    /// different fingerprint is refused as `request_id_reused`.
+    pub fn request_fingerprint(&self) -> u128 {
+        u128::from(self.fingerprint[0]) | (u128::from(self.fingerprint[1]) << 64)
+    }
+
+    /// Where the claim was made, as the claimant's phone reported it.
+    pub fn location(&self) -> Location {
+        Location {
+            lng: self.lng,
+            lat: self.lat,
+            crs: if self.flags & FLAG_WGS84 != 0 {
+                Crs::Wgs84
+            } else {
+                Crs::Gcj02
+            },
+        }
     }
 
     pub fn tranche_id(&self) -> &str {
@@ -194,8 +232,8 @@ impl VoucherClaimed {
             phone_hash: self.phone_hash(),
             device_id: self.device_id(),
             request_id: self.request_id(),
-            request_fingerprint: self.request_fingerprint,
-            location: self.location,
+            request_fingerprint: self.request_fingerprint(),
+            location: self.location(),
         }
     }
 }

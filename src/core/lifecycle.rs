@@ -288,7 +288,7 @@ impl TrancheBook {
             return Err(RedeemRefusal::MerchantSuspended);
         }
         let voucher = self.voucher(cmd.voucher_index);
-        if !self.spec.redeem_anywhere_in_city && cmd.merchant.county != voucher.county {
+        if !self.spec.redeem_anywhere_in_city && cmd.merchant.county != voucher.county() {
             return Err(RedeemRefusal::CountyMismatch);
         }
         if !self.spec.industries.is_empty()
@@ -306,7 +306,7 @@ impl TrancheBook {
         }
         Ok(VoucherRedeemed {
             tranche_id: self.spec.tranche_id.clone(),
-            voucher_random: voucher.id.random,
+            voucher_random: voucher.id().random,
             redemption_random: unused_key(cmd.entropy, |k| self.redemption_by_random.contains(k)),
             merchant_id: cmd.merchant_id.to_owned(),
             order_id: cmd.order_id.to_owned(),
@@ -515,7 +515,7 @@ impl TrancheBook {
         let mut flagged = Vec::new();
         for &i in voucher_indexes {
             let status = &self.status[i as usize];
-            let random = self.voucher(i).id.random;
+            let random = self.voucher(i).id().random;
             match (status.state, status.redemption) {
                 (VoucherState::Claimed, _) => revoked.push(random),
                 (VoucherState::Redeemed, Some(r))

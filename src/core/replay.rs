@@ -235,10 +235,9 @@ impl fmt::Display for ReplayConflict {
 impl TrancheBook {
     /// Seq of the newest event applied to this tranche.
     pub fn last_seq(&self) -> u64 {
-        let last = self.log.len().checked_sub(1).and_then(|i| self.log.get(i));
-        match last {
+        match self.log.last() {
             Some(LogEntry::Event { seq, .. }) => *seq,
-            Some(LogEntry::Claim { voucher_index }) => self.voucher(*voucher_index).seq,
+            Some(LogEntry::Claims { first, count }) => self.voucher(first + count - 1).seq,
             None => 0,
         }
     }

@@ -308,9 +308,12 @@ pub struct TrancheBook {
 /// One entry of a tranche's own event log.
 #[derive(Clone, Debug)]
 pub enum LogEntry {
-    /// The claim event is kept with the voucher; this points at it.
-    Claim {
-        voucher_index: u32,
+    /// Claims of `count` vouchers issued one after another, from `first` on: each claim
+    /// event is kept with its voucher. A run of claims with no other event between them
+    /// is one entry, not one per claim (a restart rebuilds this log).
+    Claims {
+        first: u32,
+        count: u32,
     },
     Event {
         seq: u64,
@@ -452,7 +455,7 @@ impl TrancheBook {
         std::hint::black_box(touched);
         // A retry is answered as before, whatever has changed since.
         if let Some(voucher_index) = self.requests.get(request) {
-            return if self.voucher(voucher_index).claim.request_fingerprint
+            return if self.voucher(voucher_index).claim.request_fingerprint()
                 == claim.request_fingerprint
             {
                 ClaimDecision::Replay { voucher_index }
@@ -534,21 +537,16 @@ impl TrancheBook {
         assert!(previous.is_none(), "request answered twice");
         let previous = self.voucher_by_random.insert(event.voucher_random, index);
         assert!(previous.is_none(), "voucher ID issued twice");
-        self.vouchers.push(Voucher {
-            id: VoucherId {
-                tranche_ordinal: self.ordinal,
-                random: event.voucher_random,
-            },
-            county: event.county,
-            claimed_at: event.claimed_at,
-            claim: event,
-            seq,
-        });
+        self.vouchers.push(Voucher::new(self.ordinal, event, seq));
         self.status.push(VoucherStatus::claimed());
         self.claimed_live += 1;
-        self.log.push(LogEntry::Claim {
-            voucher_index: index,
-        });
+        match self.log.last_open_mut() {
+            Some(LogEntry::Claims { first, count }) if *first + *count == index => *count += 1,
+            _ => self.log.push(LogEntry::Claims {
+                first: index,
+                count: 1,
+            }),
+        }
         self.check_money();
         index
     }
@@ -684,7 +682,7 @@ impl TrancheBook {
     pub fn check_invariants(&self) {
         let mut per_county: HashMap<CountyCode, u32> = HashMap::new();
         for voucher in self.vouchers.iter() {
-            *per_county.entry(voucher.county).or_default() += 1;
+            *per_county.entry(voucher.county()).or_default() += 1;
         }
         for stock in &self.counties {
             assert!(

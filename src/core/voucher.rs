@@ -89,12 +89,12 @@ fn parse_public_id(prefix: char, text: &str) -> Option<(u32, u64)> {
     Some(((value >> 64) as u32, value as u64))
 }
 
-/// One issued voucher, as held in memory by its tranche.
+/// One issued voucher, as held in memory by its tranche. Its ID's random part, its county
+/// and its claim time are the claim's: they are read from there rather than kept twice
+/// (a restart rebuilds millions of these; see BENCHMARKS.md, "Restart").
 #[derive(Clone, Debug, PartialEq)]
 pub struct Voucher {
-    pub id: VoucherId,
-    pub county: CountyCode,
-    pub claimed_at: UnixMillis,
+    tranche_ordinal: u32,
     /// The event that issued it: identity keys, request, location. A checkpoint copies
     /// only the open tail of the voucher log (`AppendLog::share`), so no `Arc` is needed.
     pub claim: VoucherClaimed,
@@ -103,9 +103,42 @@ pub struct Voucher {
     pub seq: u64,
 }
 
+impl Voucher {
+    /// The voucher `claim` issued in the tranche with this ordinal, by WAL record `seq`.
+    pub fn new(tranche_ordinal: u32, claim: VoucherClaimed, seq: u64) -> Voucher {
+        Voucher {
+            tranche_ordinal,
+            claim,
+            seq,
+        }
+    }
+
+    pub fn id(&self) -> VoucherId {
+        VoucherId {
+            tranche_ordinal: self.tranche_ordinal,
+            random: self.claim.voucher_random,
+        }
+    }
+
+    pub fn county(&self) -> CountyCode {
+        self.claim.county
+    }
+
+    pub fn claimed_at(&self) -> UnixMillis {
+        self.claim.claimed_at
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A restart rebuilds one of these per claim (with its claim inline): keep them small.
+    #[test]
+    fn a_voucher_with_its_claim_takes_96_bytes() {
+        assert_eq!(std::mem::size_of::<VoucherClaimed>(), 80);
+        assert_eq!(std::mem::size_of::<Voucher>(), 96);
+    }
 
     #[test]
     fn round_trip() {

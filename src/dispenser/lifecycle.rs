@@ -505,7 +505,7 @@ fn redemption_view(book: &TrancheBook, index: u32) -> RedemptionView {
             tranche_ordinal: book.ordinal(),
             random: e.redemption_random,
         },
-        voucher_id: book.voucher(r.voucher_index).id,
+        voucher_id: book.voucher(r.voucher_index).id(),
         tranche_id: e.tranche_id.clone(),
         merchant_id: e.merchant_id.clone(),
         order_id: e.order_id.clone(),

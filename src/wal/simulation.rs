@@ -437,8 +437,8 @@ fn shown(book: &TrancheBook, index: u32) -> Shown {
     let voucher = book.voucher(index);
     Shown {
         tranche_id: book.spec().tranche_id.clone(),
-        id: voucher.id,
-        county: voucher.county,
+        id: voucher.id(),
+        county: voucher.county(),
         user_id: voucher.claim.user_id().to_owned(),
         seq: voucher.seq,
     }
@@ -532,7 +532,7 @@ fn check(
             .and_then(|b| b.find_voucher(s.id));
         match found {
             None => problems.push(format!("acknowledged voucher lost: {s:?}")),
-            Some(v) if v.county != s.county || v.claim.user_id() != s.user_id => {
+            Some(v) if v.county() != s.county || v.claim.user_id() != s.user_id => {
                 problems.push(format!("acknowledged voucher changed: {s:?} became {v:?}"));
             }
             Some(_) => {}
@@ -543,10 +543,10 @@ fn check(
         let mut ids = HashSet::new();
         let mut per_county: BTreeMap<CountyCode, u32> = BTreeMap::new();
         for v in book.vouchers() {
-            if !ids.insert(v.id) {
-                problems.push(format!("{tranche}: voucher ID {:?} issued twice", v.id));
+            if !ids.insert(v.id()) {
+                problems.push(format!("{tranche}: voucher ID {:?} issued twice", v.id()));
             }
-            *per_county.entry(v.county).or_default() += 1;
+            *per_county.entry(v.county()).or_default() += 1;
         }
         let mut keys = HashSet::new();
         for c in rebuilt.claims.iter().filter(|c| c.tranche_id() == tranche) {

@@ -274,11 +274,11 @@ fn claim_json(claim: &VoucherClaimed, tranche_ordinal: Option<u32>) -> Value {
         "phone_hash": claim.phone_hash(),
         "device_id": claim.device_id(),
         "request_id": claim.request_id(),
-        "request_fingerprint": format!("{:032x}", claim.request_fingerprint),
+        "request_fingerprint": format!("{:032x}", claim.request_fingerprint()),
         "location": {
-            "lng": claim.location.lng,
-            "lat": claim.location.lat,
-            "crs": match claim.location.crs {
+            "lng": claim.location().lng,
+            "lat": claim.location().lat,
+            "crs": match claim.location().crs {
                 Crs::Gcj02 => "gcj02",
                 Crs::Wgs84 => "wgs84",
             },
