@@ -17,6 +17,7 @@
 
 pub mod append_log;
 pub mod catalog;
+pub mod chunked_vec;
 pub mod code;
 pub mod digest_index;
 pub mod event;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use super::append_log::{AppendLog, SharedLog};
 use super::rng::splitmix64;
 
+use super::chunked_vec::ChunkedVec;
 use super::digest_index::DigestIndex;
 use super::event::{ClaimFields, Event, Location, TrancheControl, VoucherClaimed};
 use super::identity::{DigestKey, IdentityDigests, IdentityKeys, KeyDigest, MAX_KEYS_PER_IDENTITY};
@@ -291,7 +292,7 @@ pub struct TrancheBook {
     requests: DigestIndex<KeyDigest>,
     pub(super) digest_key: DigestKey,
     /// Lifecycle of each voucher, parallel to `vouchers`.
-    pub(super) status: Vec<VoucherStatus>,
+    pub(super) status: ChunkedVec<VoucherStatus>,
     pub(super) redemptions: Vec<Redemption>,
     pub(super) redemption_by_random: DigestIndex<u64>,
     pub(super) revocations: Vec<Arc<super::event::VouchersRevoked>>,
@@ -350,7 +351,7 @@ impl TrancheBook {
             holders: DigestIndex::with_capacity(expected * PRESIZED_KEYS_PER_VOUCHER),
             requests: DigestIndex::with_capacity(expected),
             digest_key,
-            status: Vec::with_capacity(expected),
+            status: ChunkedVec::with_capacity(expected),
             redemptions: Vec::new(),
             redemption_by_random: DigestIndex::default(),
             revocations: Vec::new(),
