@@ -97,7 +97,7 @@ impl Slot {
         let mut out = [0; SLOT_BYTES];
         out[..8].copy_from_slice(&self.key_low.to_ne_bytes());
         out[8..12].copy_from_slice(&self.key_high.to_ne_bytes());
-        out[12..].copy_from_slice(&self.value.wrapping_add(1).to_ne_bytes());
+        out[SLOT_VALUE_OFFSET..].copy_from_slice(&self.value.wrapping_add(1).to_ne_bytes());
         out
     }
 
@@ -309,6 +309,29 @@ impl<K: IndexKey> DigestIndex<K> {
         })
     }
 
+    /// The largest value held, `None` when empty. Reads only the slots' value bytes in one
+    /// pass: a tranche checks its holders with it at every start, and at 10 M claims that
+    /// index is 1 GiB (through [`Self::values`] the pass took 0.31 s).
+    pub fn max_value(&self) -> Option<u32> {
+        let unmoved = self
+            .retiring
+            .as_deref()
+            .map_or(&[][..], |r| &r.slots.bytes()[r.cursor * SLOT_BYTES..]);
+        let max_stored = [self.slots.bytes(), unmoved]
+            .into_iter()
+            .flat_map(|bytes| bytes.chunks_exact(SLOT_BYTES))
+            .map(|slot| {
+                let value: [u8; 4] = slot[SLOT_VALUE_OFFSET..]
+                    .try_into()
+                    .expect("the value is a slot's last 4 bytes");
+                u32::from_ne_bytes(value)
+            })
+            .max()
+            .unwrap_or(0);
+        // Stored plus one (see `Slot::from_bytes`): zero is an empty slot.
+        max_stored.checked_sub(1)
+    }
+
     /// Every value, once each: the current array's, then those not yet moved out of the
     /// retiring one.
     pub fn values(&self) -> impl Iterator<Item = u32> + '_ {
@@ -327,6 +350,8 @@ impl<K: IndexKey> DigestIndex<K> {
 
 /// Size of one slot in memory.
 const SLOT_BYTES: usize = 16;
+/// Where a slot's value (stored plus one) starts: after the 8 + 4 bytes of key.
+const SLOT_VALUE_OFFSET: usize = 12;
 /// Slot arrays at least this big live in their own anonymous mapping that asks the kernel
 /// for transparent huge pages (`MADV_HUGEPAGE`). A big tranche's index is hundreds of times
 /// larger than what the TLB covers with 4 KiB pages, so every probe of the release burst
@@ -478,6 +503,7 @@ mod tests {
                 prop_assert_eq!(index.len(), model.len());
                 prop_assert!(index.len() <= index.capacity());
             }
+            prop_assert_eq!(index.max_value(), model.values().max().copied());
             let mut entries: Vec<_> = index.values().collect();
             let mut expected: Vec<_> = model.values().copied().collect();
             entries.sort_unstable();
@@ -562,6 +588,7 @@ mod tests {
                         assert_eq!(copy.get(key(j)), Some(j as u32), "clone mid-move, key {j}");
                     }
                     assert_eq!(copy.values().count(), i as usize + 1);
+                    assert_eq!(copy.max_value(), Some(i as u32), "max mid-move");
                 }
             }
             if i % 4099 == 0 {
@@ -573,6 +600,7 @@ mod tests {
         assert!(saw_moving, "the test grew the index");
         assert_eq!(index.len(), total as usize);
         assert_eq!(index.values().count(), total as usize);
+        assert_eq!(index.max_value(), Some(total as u32 - 1));
         for i in 0..total {
             assert_eq!(index.get(key(i)), Some(i as u32));
         }
