@@ -214,6 +214,11 @@ impl<K: IndexKey> DigestIndex<K> {
         if slot.value != EMPTY {
             return Some(slot.value);
         }
+        self.get_retiring(stored)
+    }
+
+    /// A key still only in the retiring array (none when not growing).
+    fn get_retiring(&self, stored: (u64, u32)) -> Option<u32> {
         let retiring = self.retiring.as_deref()?;
         let slot = retiring
             .slots
@@ -230,13 +235,20 @@ impl<K: IndexKey> DigestIndex<K> {
     pub fn insert(&mut self, key: K, value: u32) -> Option<u32> {
         assert!(value != EMPTY, "index value {value} is reserved");
         let stored = key.stored();
-        if let Some(found) = self.get_stored(stored) {
+        // One probe finds the key or the empty slot it goes into; it is used for the write
+        // unless the array changes first.
+        let mut at = self.find_stored(stored);
+        let slot = self.slots.get(at);
+        if slot.value != EMPTY {
+            return Some(slot.value);
+        }
+        if let Some(found) = self.get_retiring(stored) {
             return Some(found);
         }
         if self.retiring.is_none() && self.len + 1 > self.capacity() {
             self.start_growing();
+            at = self.find_stored(stored);
         }
-        let at = self.find_stored(stored);
         self.put_stored(at, stored, value);
         self.len += 1;
         self.migrate(MIGRATE_SLOTS_PER_INSERT);
