@@ -1,10 +1,10 @@
 //! A growable list kept in fixed-size chunks: a push never moves what is already there.
 //!
-//! A tranche keeps one status per voucher, millions of them. In a `Vec` that grows by
-//! doubling, going from its presized 1 M entries to 16 M copies every entry four times and
-//! first-touches the new arrays (the kernel zeroes each page) on the thread that replays the
-//! WAL: about 1.5 times the memory the list ends with, plus the copies. Here each chunk is
-//! written once; only the first grows (up to one chunk), so a small tranche stays small.
+//! A tranche keeps one status per voucher, millions of them. A `Vec` presized for 1 M that
+//! grows to 10 M doubles four times: each doubling copies the whole list into a new array
+//! whose pages the kernel zeroes on first touch, on the thread that replays the WAL (or, in a
+//! release, under the tranche's lock). Here each chunk is written once and nothing moves; only
+//! the first chunk grows (up to [`CHUNK_ENTRIES`]), so a small tranche stays small.
 
 use std::ops::{Index, IndexMut};
 

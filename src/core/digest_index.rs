@@ -345,7 +345,9 @@ impl<K: IndexKey> DigestIndex<K> {
     }
 
     /// Every value, once each: the current array's, then those not yet moved out of the
-    /// retiring one.
+    /// retiring one. The tests compare it with a model; the daemon needs only
+    /// [`Self::max_value`].
+    #[cfg(test)]
     pub fn values(&self) -> impl Iterator<Item = u32> + '_ {
         let unmoved = self
             .retiring
@@ -459,6 +461,7 @@ impl SlotArray {
         self.bytes_mut()[at..at + SLOT_BYTES].copy_from_slice(&slot.to_bytes());
     }
 
+    #[cfg(test)]
     fn iter(&self) -> impl Iterator<Item = Slot> + '_ {
         self.bytes()
             .chunks_exact(SLOT_BYTES)
