@@ -680,8 +680,8 @@ impl TrancheBook {
 
     /// Re-checks every invariant from scratch. Used by tests and after replay.
     pub fn check_invariants(&self) {
-        // Counted by the county's position in `counties` (a tranche has a few dozen at most):
-        // a hash map here cost about a quarter of a second at 10 M vouchers, at every start.
+        // Counted by the county's position in `counties` (a tranche has a few dozen at most);
+        // no map needed. The pass is bound by reading the vouchers (about 180 ms at 10 M).
         let mut per_county = vec![0u32; self.counties.len()];
         for voucher in self.vouchers.iter() {
             let county = voucher.county();
