@@ -45,6 +45,7 @@ pub fn system_now() -> UnixMillis {
 
 /// Runs the daemon; returns the process exit code.
 pub fn serve(config_path: &Path) -> i32 {
+    crate::core::digest_index::install_provisioner(crate::prefault::PROVISIONER);
     let config = match config::load(config_path, system_now(), &|name| std::env::var(name).ok()) {
         Ok(c) => c,
         Err(errors) => {

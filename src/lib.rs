@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod dispenser;
 pub mod geo;
 pub mod journal;
+pub mod prefault;
 pub mod snapshot;
 pub mod telemetry;
 pub mod tools;

@@ -11,11 +11,14 @@
 //!   and loads each one, so the cache misses of a run overlap instead of being paid one
 //!   after another (a big tranche's index is far larger than the CPU caches).
 //!
-//! Linear probing at a load factor of at most one half: a lookup that misses, the common
+//! Linear probing at a load factor of about one half: a lookup that misses, the common
 //! case on a fresh claim, reads about 2.5 consecutive slots, nearly always in one or two
-//! cache lines. The slot array doubles when it would pass the load factor.
+//! cache lines. The slot array doubles when it would pass half full. In the daemon, a big
+//! (mapped) array gets its doubled array faulted in on a helper thread first
+//! ([`PendingMemory`]) and takes inserts up to [`HARD_LOAD_QUARTERS`] quarters full while it
+//! waits.
 //!
-//! Invariant: at least one slot is always empty (load ≤ 1/2), so every probe ends.
+//! Invariant: at most three quarters of the slots are used, so every probe ends.
 //!
 //! A slot keeps 96 bits of a key: all of a 64-bit key, and the low 96 bits of a 128-bit
 //! digest. Memory is what a restart pays for (every slot is written when the index is
@@ -125,7 +128,7 @@ fn find_in(slots: &SlotArray, bits: u32, stored: (u64, u32)) -> usize {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct DigestIndex<K: IndexKey> {
     slots: SlotArray,
     /// `log2(slots.len())`.
@@ -135,7 +138,105 @@ pub struct DigestIndex<K: IndexKey> {
     /// While the index grows: the previous, half-size slot array, whose entries are moved
     /// into `slots` a few at a time by each insert instead of all at once.
     retiring: Option<Box<Retiring>>,
+    /// Past half full (mapped arrays only): the doubled array, being faulted in.
+    next: Option<Provisioning>,
     _key: std::marker::PhantomData<K>,
+}
+
+impl<K: IndexKey> Clone for DigestIndex<K> {
+    /// A copy holds the same keys; an array still being provisioned is not copied (the copy
+    /// starts its own when it next inserts).
+    fn clone(&self) -> Self {
+        DigestIndex {
+            slots: self.slots.clone(),
+            bits: self.bits,
+            len: self.len,
+            retiring: self.retiring.clone(),
+            next: None,
+            _key: std::marker::PhantomData,
+        }
+    }
+}
+
+/// At most this many quarters of a slot array are used. A mapped array that passes half full
+/// keeps taking inserts while its doubled array is faulted in on a helper thread, and an
+/// insert waits for that array only here. Linear probing at 3/4 reads about 8.5 slots on a
+/// miss (2.5 at 1/2), in two or three adjacent cache lines, and only for that while.
+const HARD_LOAD_QUARTERS: usize = 3;
+
+/// Memory for a big slot array being written (faulted in) somewhere else: the daemon's
+/// [`Provisioner`] writes it on a helper thread (`crate::prefault`).
+///
+/// Why: the first write to a fresh page is the costly part of growing a big index. On this VM
+/// a fresh 2 GiB mapping takes 5–6 s to write on one thread and 2.9 s on two, against 0.23 s
+/// when its pages are already backed, and in a 10 M-claim replay those page faults on the
+/// applying thread were 38 % of all samples. Faulting the array in elsewhere takes that off
+/// the thread that holds the tranche (the applying thread, or the claim path under the
+/// tranche's lock). The memory is all zero, that is all empty, whenever it arrives, so when
+/// the index switches to it changes no answer.
+pub trait PendingMemory: Send + std::fmt::Debug {
+    /// Whether [`Self::wait`] would return at once.
+    fn is_ready(&self) -> bool;
+    /// The mapping, made by [`faulted_in_mapping`]; blocks until it is.
+    fn wait(self: Box<Self>) -> memmap2::MmapMut;
+}
+
+/// Starts making a [`faulted_in_mapping`] of the given bytes elsewhere; `None` when it cannot
+/// (the index then grows at once, its pages faulted in as inserts reach them).
+pub type Provisioner = fn(bytes: usize) -> Option<Box<dyn PendingMemory>>;
+
+static PROVISIONER: std::sync::OnceLock<Provisioner> = std::sync::OnceLock::new();
+
+/// Installs the process's [`Provisioner`], like a global allocator: the daemon does at start.
+/// Without one (the tests, the benches, the tools), a doubled array is made when it is
+/// needed, on the inserting thread. Returns `false` if one was installed already.
+pub fn install_provisioner(provisioner: Provisioner) -> bool {
+    PROVISIONER.set(provisioner).is_ok()
+}
+
+/// A fresh anonymous mapping of `bytes` (a multiple of the slot size, at least
+/// [`HUGE_PAGE_ARRAY_MIN_BYTES`]) with every page written, which faults it in: what a
+/// [`Provisioner`] hands back.
+pub fn faulted_in_mapping(bytes: usize) -> memmap2::MmapMut {
+    match memmap2::MmapOptions::new().len(bytes).map_anon() {
+        Ok(mut map) => {
+            // Advice only: without THP (or on an old kernel) it is 4 KiB pages.
+            let _ = map.advise(memmap2::Advice::HugePage);
+            map.fill(0);
+            map
+        }
+        // Out of address space or memory: the same failure the heap would report.
+        Err(e) => panic!("cannot map a {bytes}-byte index: {e}"),
+    }
+}
+
+/// A doubled slot array on its way (see [`PendingMemory`]).
+#[derive(Debug)]
+struct Provisioning {
+    len: usize,
+    memory: Box<dyn PendingMemory>,
+}
+
+impl Provisioning {
+    /// `None` without a provisioner, or when it cannot start.
+    fn start(len: usize) -> Option<Provisioning> {
+        let provisioner = PROVISIONER.get()?;
+        let memory = provisioner(len.checked_mul(SLOT_BYTES)?)?;
+        Some(Provisioning { len, memory })
+    }
+
+    fn is_ready(&self) -> bool {
+        self.memory.is_ready()
+    }
+
+    fn finish(self) -> SlotArray {
+        let map = self.memory.wait();
+        assert_eq!(map.len(), self.len * SLOT_BYTES, "provisioned array size");
+        SlotArray {
+            memory: SlotMemory::Mapped(map),
+            len: self.len,
+        }
+    }
 }
 
 /// The slot array an index is growing out of.
@@ -153,10 +254,10 @@ struct Retiring {
     cursor: usize,
 }
 
-/// Old slots moved per insert while growing (1 KiB read in order, at most 32 keys placed).
-/// Growth starts when the index holds half as many keys as the old array has slots, so the
-/// move ends after `old slots / 64` inserts, long before the new array (twice the old one)
-/// passes its own load limit. While it lasts, a lookup that misses probes both arrays, so a
+/// Old slots moved per insert while growing (1 KiB read in order, at most 48 keys placed).
+/// Growth starts when the index holds between a half and three quarters as many keys as the
+/// old array has slots (at most 3/8 of the new one), so the move ends after `old slots / 64`
+/// inserts, long before the new array (twice the old one) passes half full. While it lasts, a lookup that misses probes both arrays, so a
 /// short move is a cheap one.
 const MIGRATE_SLOTS_PER_INSERT: usize = 64;
 
@@ -180,6 +281,7 @@ impl<K: IndexKey> DigestIndex<K> {
             bits: slots.trailing_zeros(),
             len: 0,
             retiring: None,
+            next: None,
             _key: std::marker::PhantomData,
         }
     }
@@ -192,9 +294,14 @@ impl<K: IndexKey> DigestIndex<K> {
         self.len == 0
     }
 
-    /// Entries it can hold before the slot array doubles.
+    /// Entries it holds before it starts to grow (half its slots).
     pub fn capacity(&self) -> usize {
         self.slots.len() / 2
+    }
+
+    /// Entries it can hold at most before the slot array doubles: see [`HARD_LOAD_QUARTERS`].
+    fn max_len(&self) -> usize {
+        self.slots.len() / 4 * HARD_LOAD_QUARTERS
     }
 
     fn home(&self, key: K) -> usize {
@@ -245,18 +352,41 @@ impl<K: IndexKey> DigestIndex<K> {
         if let Some(found) = self.get_retiring(stored) {
             return Some(found);
         }
-        if self.retiring.is_none() && self.len + 1 > self.capacity() {
-            self.start_growing();
+        if self.retiring.is_none() && self.len + 1 > self.capacity() && self.grow_when_ready() {
             at = self.find_stored(stored);
         }
         self.put_stored(at, stored, value);
         self.len += 1;
         self.migrate(MIGRATE_SLOTS_PER_INSERT);
         assert!(
-            self.len <= self.capacity(),
+            self.len <= self.max_len(),
             "index over its load limit while growing"
         );
         None
+    }
+
+    /// Called past half full: starts growing if the doubled array is ready (a heap-sized one
+    /// always is; a mapped one once its helper has faulted it in, see [`Provisioning`]), or
+    /// waits for it at [`HARD_LOAD_QUARTERS`]. Returns whether the index started growing.
+    fn grow_when_ready(&mut self) -> bool {
+        let doubled = self.slots.len() * 2;
+        if !SlotArray::is_mapped(doubled) {
+            self.start_growing(SlotArray::empty(doubled, Prefault::OnFirstTouch));
+            return true;
+        }
+        if self.next.is_none() {
+            self.next = Provisioning::start(doubled);
+        }
+        let full = self.len + 1 > self.max_len();
+        match self.next.take() {
+            Some(next) if next.is_ready() || full => self.start_growing(next.finish()),
+            Some(next) => {
+                self.next = Some(next);
+                return false;
+            }
+            None => self.start_growing(SlotArray::empty(doubled, Prefault::OnFirstTouch)),
+        }
+        true
     }
 
     fn put_stored(&mut self, at: usize, (key_low, key_high): (u64, u32), value: u32) {
@@ -270,9 +400,13 @@ impl<K: IndexKey> DigestIndex<K> {
         );
     }
 
-    /// Starts moving to an array twice the size; the moving is done by later inserts.
-    fn start_growing(&mut self) {
-        let doubled = SlotArray::empty(self.slots.len() * 2, Prefault::OnFirstTouch);
+    /// Starts moving to `doubled` (empty, twice the size); the moving is done by later inserts.
+    fn start_growing(&mut self, doubled: SlotArray) {
+        assert_eq!(
+            doubled.len(),
+            self.slots.len() * 2,
+            "an index grows by doubling"
+        );
         let old = std::mem::replace(&mut self.slots, doubled);
         let old_bits = self.bits;
         self.bits += 1;
@@ -376,11 +510,12 @@ const HUGE_PAGE_ARRAY_MIN_BYTES: usize = 2 << 20;
 
 /// When a new slot array's pages are faulted in.
 ///
-/// `Now`, every page written, for the array sized when the tranche is defined (an admin call,
-/// before the release), so the burst takes no first-touch faults on it. `OnFirstTouch` for an
-/// array a tranche grows into during the release: writing it all at once was a stall under the
-/// tranche lock (a fresh 128 MiB array took 270–370 ms to fill on this VM's cold memory), so
-/// its pages stay zero, which is empty, until inserts reach them. Both are huge pages when big
+/// `Now`, every page written: for the array sized when the tranche is defined (an admin call,
+/// before the release), so the burst takes no first-touch faults on it, and for a doubled
+/// array written on a helper thread ([`PendingMemory`]). Writing a doubled array on the
+/// tranche's own thread was a stall under its lock (a fresh 128 MiB array took 270–370 ms to
+/// fill on this VM's cold memory), so `OnFirstTouch`, pages left zero (empty) until inserts
+/// reach them, is for heap-sized arrays and for growing when no helper can be started. Both are huge pages when big
 /// enough: with small pages a 10 M-claim replay took twice as long (TLB misses on every probe).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Prefault {
@@ -405,29 +540,30 @@ struct SlotArray {
 impl SlotArray {
     /// `len` empty slots (all bytes zero: see [`Slot::from_bytes`]).
     ///
-    /// A presized array ([`Prefault::Now`]) has every page written now, which faults it in,
-    /// so the release burst takes no first-touch faults on it. A grown array is not written:
-    /// its pages stay zero until first touched, so starting to grow costs no pass over it
-    /// while the tranche's lock is held.
+    /// With [`Prefault::Now`] every page is written now, which faults it in; with
+    /// `OnFirstTouch` pages stay zero until first touched.
     fn empty(len: usize, prefault: Prefault) -> SlotArray {
         let bytes = len.checked_mul(SLOT_BYTES).expect("slot array fits usize");
-        let memory = if bytes >= HUGE_PAGE_ARRAY_MIN_BYTES {
-            match memmap2::MmapOptions::new().len(bytes).map_anon() {
-                Ok(mut map) => {
-                    // Advice only: without THP (or on an old kernel) it is 4 KiB pages.
-                    let _ = map.advise(memmap2::Advice::HugePage);
-                    if prefault == Prefault::Now {
-                        map.fill(0);
+        let memory = if SlotArray::is_mapped(len) {
+            SlotMemory::Mapped(match prefault {
+                Prefault::Now => faulted_in_mapping(bytes),
+                Prefault::OnFirstTouch => match memmap2::MmapOptions::new().len(bytes).map_anon() {
+                    Ok(map) => {
+                        let _ = map.advise(memmap2::Advice::HugePage);
+                        map
                     }
-                    SlotMemory::Mapped(map)
-                }
-                // Out of address space or memory: the same failure the heap would report.
-                Err(e) => panic!("cannot map a {bytes}-byte index: {e}"),
-            }
+                    Err(e) => panic!("cannot map a {bytes}-byte index: {e}"),
+                },
+            })
         } else {
             SlotMemory::Heap(vec![0; bytes].into_boxed_slice())
         };
         SlotArray { memory, len }
+    }
+
+    /// Whether an array of `len` slots gets a mapping of its own.
+    fn is_mapped(len: usize) -> bool {
+        len.saturating_mul(SLOT_BYTES) >= HUGE_PAGE_ARRAY_MIN_BYTES
     }
 
     fn bytes(&self) -> &[u8] {
@@ -620,6 +756,79 @@ mod tests {
             assert_eq!(index.get(key(i)), Some(i as u32));
         }
         assert_eq!(index.get(key(total)), None);
+    }
+
+    /// A provisioner whose memory is never ready before it is waited for: the index then
+    /// grows exactly at its hard limit, whatever the machine's speed.
+    #[derive(Debug)]
+    struct MadeWhenWaitedFor(usize);
+
+    impl PendingMemory for MadeWhenWaitedFor {
+        fn is_ready(&self) -> bool {
+            false
+        }
+        fn wait(self: Box<Self>) -> memmap2::MmapMut {
+            faulted_in_mapping(self.0)
+        }
+    }
+
+    fn made_when_waited_for(bytes: usize) -> Option<Box<dyn PendingMemory>> {
+        Some(Box::new(MadeWhenWaitedFor(bytes)))
+    }
+
+    /// With a provisioner, a mapped array past half full keeps taking inserts while its
+    /// doubled array is on its way and switches to it at three quarters full at the latest
+    /// (here exactly then); every key is found before, during and after the move.
+    #[test]
+    fn a_mapped_index_grows_into_a_provisioned_array_by_its_hard_limit() {
+        assert!(
+            install_provisioner(made_when_waited_for),
+            "no other test in this process installs one"
+        );
+        let presized = HUGE_PAGE_ARRAY_MIN_BYTES / SLOT_BYTES / 2;
+        let mut index: DigestIndex<u64> = DigestIndex::with_capacity(presized);
+        let first_slots = index.slots.len();
+        let key = |i: u64| (i + 7).wrapping_mul(SPREAD);
+        let mut i = 0u64;
+        while index.slots.len() == first_slots {
+            assert_eq!(index.insert(key(i), i as u32), None);
+            i += 1;
+            if index.slots.len() == first_slots && index.len() > index.capacity() {
+                assert!(index.next.is_some(), "past half full, provisioning");
+            }
+            assert!(index.len() <= index.max_len());
+            if i.is_multiple_of(1021) {
+                for j in (0..i).step_by(7) {
+                    assert_eq!(index.get(key(j)), Some(j as u32), "key {j} after {i}");
+                }
+            }
+        }
+        assert_eq!(
+            index.len(),
+            first_slots / 4 * HARD_LOAD_QUARTERS + 1,
+            "grew at three quarters full"
+        );
+        assert!(index.next.is_none(), "the provisioned array is in use");
+        // A copy taken mid-move holds every key too.
+        let copy = index.clone();
+        for j in 0..i {
+            assert_eq!(index.get(key(j)), Some(j as u32));
+            assert_eq!(copy.get(key(j)), Some(j as u32));
+        }
+        assert_eq!(index.get(key(i)), None);
+        assert_eq!(index.max_value(), Some(i as u32 - 1));
+        // The move ends after a 64th as many inserts as the old array has slots, long before
+        // the new array is half full; nothing is lost by it.
+        let total = i + (first_slots / MIGRATE_SLOTS_PER_INSERT) as u64;
+        while i < total {
+            assert_eq!(index.insert(key(i), i as u32), None);
+            i += 1;
+        }
+        assert!(index.retiring.is_none(), "the move ended");
+        assert_eq!(index.values().count(), total as usize);
+        for j in 0..total {
+            assert_eq!(index.get(key(j)), Some(j as u32));
+        }
     }
 
     #[test]
