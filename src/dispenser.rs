@@ -315,6 +315,9 @@ pub struct Recovered {
     /// Claims decoded by [`Recovered::apply_deferred`] and not yet applied, in seq order;
     /// at most [`REPLAY_RUN_CLAIMS`].
     deferred_claims: Vec<(u64, DigestedClaim)>,
+    /// Claims known to follow per tranche ordinal, from a snapshot
+    /// ([`Recovered::expect_claims`]); taken when the tranche is defined.
+    expected_claims: std::collections::BTreeMap<u32, u64>,
 }
 
 /// Claims replayed together as one run (see [`TrancheBook::replay_claims`]): enough for the
@@ -333,7 +336,15 @@ impl Recovered {
             abandoned_import_parts: 0,
             records: 0,
             deferred_claims: Vec::with_capacity(REPLAY_RUN_CLAIMS),
+            expected_claims: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// Sizes hints for tranches defined from here on: how many claims of each (by ordinal)
+    /// the records about to be applied hold. A snapshot counts them while it is verified;
+    /// see [`TrancheBook::with_expected_claims`]. Hints change sizes only, never an answer.
+    pub fn expect_claims(&mut self, claims_by_ordinal: std::collections::BTreeMap<u32, u64>) {
+        self.expected_claims = claims_by_ordinal;
     }
 
     /// Like [`Self::apply`], but a claim may be applied later, together with the claims
@@ -508,7 +519,14 @@ impl Recovered {
                         .decide_new_tranche(&spec.campaign_id)
                         .map_err(|_| conflict(ReplayConflict::TooManyTranches))?;
                     let id = spec.tranche_id.clone();
-                    let book = TrancheBook::new(ordinal, spec, self.digest_key, seq);
+                    let expected = self.expected_claims.remove(&ordinal).unwrap_or(0);
+                    let book = TrancheBook::with_expected_claims(
+                        ordinal,
+                        spec,
+                        self.digest_key,
+                        seq,
+                        expected,
+                    );
                     self.catalog
                         .apply_new_tranche(ordinal, &id, Arc::new(Mutex::new(book)));
                 } else {

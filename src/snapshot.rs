@@ -34,7 +34,10 @@ use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use crate::core::append_log::SharedLog;
+use crate::core::catalog::MAX_TRANCHES;
 use crate::core::tranche::LogEntry;
 use crate::core::{CampaignSpec, Event, MerchantShare, UnixMillis, Voucher};
 use crate::dispenser::{Recovered, ReplayError, replay_on_two_threads};
@@ -350,7 +353,40 @@ pub struct Verified {
     pub path: PathBuf,
     pub covered_seq: u64,
     pub records: u64,
+    /// Claims per tranche ordinal, counted on the verifying pass: the sizes hint
+    /// [`Recovered::expect_claims`] gets, so a big tranche's indexes are made once.
+    pub claims_by_ordinal: BTreeMap<u32, u64>,
     body: Body,
+}
+
+/// Counts a snapshot's claims per tranche while it is verified. A tranche's records follow
+/// its definition (see the module docs), so a claim is counted for the ordinal of the
+/// definition before it. Only a sizes hint: a miscounted file changes no answer, and the
+/// count is bounded by the records in the file and [`MAX_TRANCHES`] ordinals.
+#[derive(Default)]
+struct ClaimCounter {
+    ordinal: Option<u32>,
+    claims_by_ordinal: BTreeMap<u32, u64>,
+}
+
+impl ClaimCounter {
+    fn see(&mut self, kind: u8, payload: &[u8]) {
+        match kind {
+            journal::KIND_TRANCHE_DEFINED => {
+                // The payload starts with the ordinal (`journal::decode`).
+                self.ordinal = payload
+                    .first_chunk::<4>()
+                    .map(|b| u32::from_le_bytes(*b))
+                    .filter(|o| (*o as usize) < MAX_TRANCHES);
+            }
+            journal::KIND_VOUCHER_CLAIMED => {
+                if let Some(ordinal) = self.ordinal {
+                    *self.claims_by_ordinal.entry(ordinal).or_default() += 1;
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// Where a verified snapshot's records are read from.
@@ -443,8 +479,13 @@ pub fn verify(path: &Path, bytes: Vec<u8>) -> Result<Verified, SnapshotError> {
     if crc32c::crc32c(&bytes[HEADER_BYTES..body_end]) != body_crc {
         return Err(invalid("body checksum mismatch".into()));
     }
-    let counted = walk(&bytes[HEADER_BYTES..body_end], |_, _, _| Ok(())).map_err(&invalid)?;
-    verified(path, &header, counted, Body::Memory(bytes))
+    let mut claims = ClaimCounter::default();
+    let counted = walk(&bytes[HEADER_BYTES..body_end], |kind, _, payload| {
+        claims.see(kind, payload);
+        Ok(())
+    })
+    .map_err(&invalid)?;
+    verified(path, &header, counted, claims, Body::Memory(bytes))
 }
 
 /// The end of both verifications: the body holds as many records as the header says.
@@ -452,6 +493,7 @@ fn verified(
     path: &Path,
     header: &Header,
     counted: u64,
+    claims: ClaimCounter,
     body: Body,
 ) -> Result<Verified, SnapshotError> {
     if counted != header.records {
@@ -464,6 +506,7 @@ fn verified(
         path: path.to_owned(),
         covered_seq: header.covered_seq,
         records: header.records,
+        claims_by_ordinal: claims.claims_by_ordinal,
         body,
     })
 }
@@ -495,13 +538,17 @@ pub fn verify_file(path: &Path) -> Result<Verified, SnapshotError> {
         body_bytes: header.body_bytes,
         body_crc,
     };
-    let counted = match walk_file(path, &body, |_, _, _| Ok::<(), Walked>(())) {
+    let mut claims = ClaimCounter::default();
+    let counted = match walk_file(path, &body, |kind, _, payload| {
+        claims.see(kind, payload);
+        Ok::<(), Walked>(())
+    }) {
         Ok(counted) => counted,
         Err(Walked::Invalid(reason)) => return Err(invalid(reason)),
         Err(Walked::Io(e)) => return Err(e),
         Err(Walked::Refused(..)) => unreachable!("verifying applies nothing"),
     };
-    verified(path, &header, counted, body)
+    verified(path, &header, counted, claims, body)
 }
 
 /// Calls `f(kind, seq, payload)` for each record of a snapshot file's body, reading it in
@@ -651,8 +698,9 @@ impl Verified {
     /// `covered_seq`, or that the core could not have decided on the state
     /// before it is refused with its position (`recovered` then holds part of
     /// the snapshot and must be dropped).
-    pub fn apply(self, recovered: &mut Recovered) -> Result<Loaded, SnapshotError> {
+    pub fn apply(mut self, recovered: &mut Recovered) -> Result<Loaded, SnapshotError> {
         let covered_seq = self.covered_seq;
+        recovered.expect_claims(std::mem::take(&mut self.claims_by_ordinal));
         // As the WAL at start: this thread reads and decodes, a second applies.
         let (walked, applied) = replay_on_two_threads(recovered, |feed| {
             let mut index = 0u64;
@@ -668,6 +716,8 @@ impl Verified {
                 Ok(())
             })
         });
+        // Hints for tranches the snapshot did not define would size tranches of the WAL tail.
+        recovered.expect_claims(BTreeMap::new());
         // The applying side's refusal is about the earliest record: report it first.
         let failure = match (walked, applied) {
             (_, Err(refused)) => Some(Walked::Refused(
@@ -872,6 +922,49 @@ fn remove_old(dir: &Path) -> Result<(), SnapshotError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Verifying counts each tranche's claims (by the ordinal of the definition before them),
+    /// from memory and from the file alike; claims before any definition, or after one with
+    /// an ordinal past `MAX_TRANCHES`, are not counted.
+    #[test]
+    fn verifying_counts_claims_per_tranche() {
+        let defined = |ordinal: u32| ordinal.to_le_bytes().to_vec();
+        let records: Vec<(u8, Vec<u8>)> = vec![
+            (journal::KIND_VOUCHER_CLAIMED, vec![1]),
+            (journal::KIND_CAMPAIGN_DEFINED, vec![2]),
+            (journal::KIND_TRANCHE_DEFINED, defined(0)),
+            (journal::KIND_VOUCHER_CLAIMED, vec![3]),
+            (journal::KIND_VOUCHER_CLAIMED, vec![4]),
+            (journal::KIND_VOUCHER_REDEEMED, vec![5]),
+            (journal::KIND_VOUCHER_CLAIMED, vec![6]),
+            (journal::KIND_TRANCHE_DEFINED, defined(7)),
+            (journal::KIND_VOUCHER_CLAIMED, vec![7]),
+            (journal::KIND_TRANCHE_DEFINED, defined(MAX_TRANCHES as u32)),
+            (journal::KIND_VOUCHER_CLAIMED, vec![8]),
+            (journal::KIND_TRANCHE_DEFINED, vec![9]),
+            (journal::KIND_VOUCHER_CLAIMED, vec![10]),
+        ];
+        let bytes = encode_records(
+            records.len() as u64,
+            UnixMillis(0),
+            records
+                .iter()
+                .enumerate()
+                .map(|(i, (kind, payload))| (*kind, i as u64 + 1, &payload[..])),
+        );
+        let expected = BTreeMap::from([(0, 3), (7, 1)]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.snap");
+        fs::write(&path, &bytes).expect("write");
+        assert_eq!(
+            verify(&path, bytes).expect("verifies").claims_by_ordinal,
+            expected
+        );
+        assert_eq!(
+            verify_file(&path).expect("verifies").claims_by_ordinal,
+            expected
+        );
+    }
 
     /// Records of many sizes, read from the file with buffers smaller than a record head,
     /// than most records, and bigger than the body: the same records as in memory.

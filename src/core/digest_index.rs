@@ -109,6 +109,15 @@ impl Slot {
     }
 }
 
+/// Slots of an array that holds `entries` at most half full.
+fn slots_for(entries: usize) -> usize {
+    entries
+        .saturating_mul(2)
+        .max(MIN_SLOTS)
+        .checked_next_power_of_two()
+        .expect("index capacity fits usize")
+}
+
 /// The home slot of a stored key in an array of `2^bits` slots.
 fn home_of((low, high): (u64, u32), bits: u32) -> usize {
     ((low ^ u64::from(high).rotate_left(32)).wrapping_mul(SPREAD) >> (u64::BITS - bits)) as usize
@@ -271,11 +280,7 @@ impl<K: IndexKey> DigestIndex<K> {
     /// An index that holds `entries` without growing. The slot array is written in full
     /// here (every slot is initialised to empty), which also faults its pages in.
     pub fn with_capacity(entries: usize) -> DigestIndex<K> {
-        let slots = entries
-            .saturating_mul(2)
-            .max(MIN_SLOTS)
-            .checked_next_power_of_two()
-            .expect("index capacity fits usize");
+        let slots = slots_for(entries);
         DigestIndex {
             slots: SlotArray::empty(slots, Prefault::Now),
             bits: slots.trailing_zeros(),
@@ -284,6 +289,23 @@ impl<K: IndexKey> DigestIndex<K> {
             next: None,
             _key: std::marker::PhantomData,
         }
+    }
+
+    /// An index that holds `entries` now and is about to hold `eventually` (a restart that
+    /// knows how many claims follow). With a [`Provisioner`], the array for `eventually` is
+    /// faulted in off this thread while inserts go into the array for `entries`, and the
+    /// index moves into it once it is ready, as it does when it grows; without one, it is
+    /// made here. Either way no array in between is made.
+    pub fn with_capacity_eventually(entries: usize, eventually: usize) -> DigestIndex<K> {
+        let mut index = DigestIndex::with_capacity(entries);
+        let slots = slots_for(eventually);
+        if slots > index.slots.len() {
+            match Provisioning::start(slots) {
+                Some(next) => index.next = Some(next),
+                None => return DigestIndex::with_capacity(eventually),
+            }
+        }
+        index
     }
 
     pub fn len(&self) -> usize {
@@ -297,6 +319,15 @@ impl<K: IndexKey> DigestIndex<K> {
     /// Entries it holds before it starts to grow (half its slots).
     pub fn capacity(&self) -> usize {
         self.slots.len() / 2
+    }
+
+    /// Entries it holds before it grows, counting an array on its way.
+    #[cfg(test)]
+    pub fn eventual_capacity(&self) -> usize {
+        self.next
+            .as_ref()
+            .map_or(0, |next| next.len / 2)
+            .max(self.capacity())
     }
 
     /// Entries it can hold at most before the slot array doubles: see [`HARD_LOAD_QUARTERS`].
@@ -352,7 +383,10 @@ impl<K: IndexKey> DigestIndex<K> {
         if let Some(found) = self.get_retiring(stored) {
             return Some(found);
         }
-        if self.retiring.is_none() && self.len + 1 > self.capacity() && self.grow_when_ready() {
+        if self.retiring.is_none()
+            && (self.next.is_some() || self.len + 1 > self.capacity())
+            && self.grow_when_ready()
+        {
             at = self.find_stored(stored);
         }
         self.put_stored(at, stored, value);
@@ -365,28 +399,35 @@ impl<K: IndexKey> DigestIndex<K> {
         None
     }
 
-    /// Called past half full: starts growing if the doubled array is ready (a heap-sized one
-    /// always is; a mapped one once its helper has faulted it in, see [`Provisioning`]), or
-    /// waits for it at [`HARD_LOAD_QUARTERS`]. Returns whether the index started growing.
+    /// Called past half full, or while a bigger array is on its way: starts growing into
+    /// the bigger array if it is ready (a heap-sized doubled one always is; a mapped one once
+    /// it has been faulted in, see [`PendingMemory`]), or waits for it at
+    /// [`HARD_LOAD_QUARTERS`]. Returns whether the index started growing.
     fn grow_when_ready(&mut self) -> bool {
-        let doubled = self.slots.len() * 2;
-        if !SlotArray::is_mapped(doubled) {
-            self.start_growing(SlotArray::empty(doubled, Prefault::OnFirstTouch));
-            return true;
-        }
-        if self.next.is_none() {
-            self.next = Provisioning::start(doubled);
-        }
-        let full = self.len + 1 > self.max_len();
-        match self.next.take() {
-            Some(next) if next.is_ready() || full => self.start_growing(next.finish()),
-            Some(next) => {
-                self.next = Some(next);
-                return false;
+        let next = match self.next.take() {
+            Some(next) => next,
+            None if self.len < self.capacity() => return false,
+            None => {
+                let doubled = self.slots.len() * 2;
+                let pending = SlotArray::is_mapped(doubled)
+                    .then(|| Provisioning::start(doubled))
+                    .flatten();
+                match pending {
+                    Some(next) => next,
+                    None => {
+                        self.start_growing(SlotArray::empty(doubled, Prefault::OnFirstTouch));
+                        return true;
+                    }
+                }
             }
-            None => self.start_growing(SlotArray::empty(doubled, Prefault::OnFirstTouch)),
+        };
+        if next.is_ready() || self.len + 1 > self.max_len() {
+            self.start_growing(next.finish());
+            true
+        } else {
+            self.next = Some(next);
+            false
         }
-        true
     }
 
     fn put_stored(&mut self, at: usize, (key_low, key_high): (u64, u32), value: u32) {
@@ -400,16 +441,17 @@ impl<K: IndexKey> DigestIndex<K> {
         );
     }
 
-    /// Starts moving to `doubled` (empty, twice the size); the moving is done by later inserts.
-    fn start_growing(&mut self, doubled: SlotArray) {
-        assert_eq!(
-            doubled.len(),
-            self.slots.len() * 2,
-            "an index grows by doubling"
+    /// Starts moving to `bigger` (empty, a larger power of two of slots); the moving is done
+    /// by later inserts.
+    fn start_growing(&mut self, bigger: SlotArray) {
+        assert!(
+            bigger.len().is_power_of_two() && bigger.len() > self.slots.len(),
+            "an index grows into a larger power of two of slots"
         );
-        let old = std::mem::replace(&mut self.slots, doubled);
+        let bits = bigger.len().trailing_zeros();
+        let old = std::mem::replace(&mut self.slots, bigger);
         let old_bits = self.bits;
-        self.bits += 1;
+        self.bits = bits;
         self.retiring = Some(Box::new(Retiring {
             slots: old,
             bits: old_bits,
@@ -829,6 +871,34 @@ mod tests {
         for j in 0..total {
             assert_eq!(index.get(key(j)), Some(j as u32));
         }
+    }
+
+    /// An index made for more entries later moves into the array for them (made at once
+    /// without a provisioner, or when it arrives, at the hard limit at the latest) and makes
+    /// no array in between; every key is found on the way.
+    #[test]
+    fn an_index_sized_for_later_moves_into_that_size_only() {
+        let now = HUGE_PAGE_ARRAY_MIN_BYTES / SLOT_BYTES / 2;
+        let later = now * 5;
+        let mut index: DigestIndex<u64> = DigestIndex::with_capacity_eventually(now, later);
+        assert!(index.eventual_capacity() >= later);
+        let key = |i: u64| (i + 3).wrapping_mul(SPREAD);
+        let mut sizes = vec![index.slots.len()];
+        for i in 0..later as u64 {
+            assert_eq!(index.insert(key(i), i as u32), None);
+            if sizes.last() != Some(&index.slots.len()) {
+                sizes.push(index.slots.len());
+            }
+            if i.is_multiple_of(40_009) {
+                for j in (0..=i).step_by(11) {
+                    assert_eq!(index.get(key(j)), Some(j as u32), "key {j} after {i}");
+                }
+            }
+        }
+        assert_eq!(*sizes.last().expect("a size"), slots_for(later));
+        assert!(sizes.len() <= 2, "no array in between: {sizes:?}");
+        assert_eq!(index.max_value(), Some(later as u32 - 1));
+        assert_eq!(index.values().count(), later);
     }
 
     #[test]

@@ -697,6 +697,37 @@ mod tests {
         );
     }
 
+    /// A restart's sizes hint gives the same answers as no hint, and its indexes are made
+    /// for the claims it announced (no doubling on the way there).
+    #[test]
+    fn a_sizes_hint_changes_sizes_not_answers() {
+        let key = DigestKey::new(1, 2);
+        let plain = book(key);
+        let mut hinted =
+            TrancheBook::with_expected_claims(0, plain.spec().clone(), key, 1, 300_000);
+        let mut plain = plain;
+        for book in [&mut plain, &mut hinted] {
+            let run = [(2, claim("a")), (3, claim("bb")), (4, claim("ccc"))]
+                .map(|(seq, c)| (seq, DigestedClaim::new(key, c)));
+            book.replay_claims(run).expect("replays");
+            assert_eq!(
+                book.replay_claims([(5, DigestedClaim::new(key, claim("bb")))]),
+                Err((5, ReplayConflict::IdentityHoldsVoucher))
+            );
+            assert_eq!(book.voucher_count(), 3);
+        }
+        plain.check_invariants();
+        hinted.check_invariants();
+        for i in 0..3 {
+            assert_eq!(plain.voucher(i).claim, hinted.voucher(i).claim);
+        }
+        // The quota is 5, so the hint is what sizes the hinted book: 300,000 claims with two
+        // keys each, at most half full, once its arrays have arrived.
+        assert!(hinted.voucher_by_random.eventual_capacity() >= 300_000);
+        assert!(hinted.holders.eventual_capacity() >= 600_000);
+        assert!(plain.voucher_by_random.eventual_capacity() < 300_000);
+    }
+
     #[test]
     #[should_panic(expected = "another key")]
     fn digests_made_with_another_key_are_a_bug() {
