@@ -147,7 +147,8 @@ pub struct DigestIndex<K: IndexKey> {
     /// While the index grows: the previous, half-size slot array, whose entries are moved
     /// into `slots` a few at a time by each insert instead of all at once.
     retiring: Option<Box<Retiring>>,
-    /// Past half full (mapped arrays only): the doubled array, being faulted in.
+    /// The bigger array this index moves into next, being faulted in elsewhere: the doubled
+    /// one past half full (mapped arrays only), or one sized for later.
     next: Option<Provisioning>,
     _key: std::marker::PhantomData<K>,
 }
@@ -219,7 +220,8 @@ pub fn faulted_in_mapping(bytes: usize) -> memmap2::MmapMut {
     }
 }
 
-/// A doubled slot array on its way (see [`PendingMemory`]).
+/// A bigger slot array on its way (see [`PendingMemory`]): the doubled one, or the one a
+/// restart sized for the claims it knows follow ([`DigestIndex::with_capacity_eventually`]).
 #[derive(Debug)]
 struct Provisioning {
     len: usize,
@@ -264,10 +266,10 @@ struct Retiring {
 }
 
 /// Old slots moved per insert while growing (1 KiB read in order, at most 48 keys placed).
-/// Growth starts when the index holds between a half and three quarters as many keys as the
-/// old array has slots (at most 3/8 of the new one), so the move ends after `old slots / 64`
-/// inserts, long before the new array (twice the old one) passes half full. While it lasts, a lookup that misses probes both arrays, so a
-/// short move is a cheap one.
+/// Growth starts when the index holds at most three quarters as many keys as the old array
+/// has slots (at most 3/8 of the new one, at least twice as big), so the move ends after
+/// `old slots / 64` inserts, long before the new array passes half full. While it lasts, a
+/// lookup that misses probes both arrays, so a short move is a cheap one.
 const MIGRATE_SLOTS_PER_INSERT: usize = 64;
 
 impl<K: IndexKey> Default for DigestIndex<K> {

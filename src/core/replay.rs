@@ -697,15 +697,16 @@ mod tests {
         );
     }
 
-    /// A restart's sizes hint gives the same answers as no hint, and its indexes are made
-    /// for the claims it announced (no doubling on the way there).
+    /// A restart's sizes hint gives the same answers as no hint; its indexes are made for
+    /// the claims it announced (no doubling on the way there), but never for more than twice
+    /// the quota.
     #[test]
     fn a_sizes_hint_changes_sizes_not_answers() {
         let key = DigestKey::new(1, 2);
-        let plain = book(key);
-        let mut hinted =
-            TrancheBook::with_expected_claims(0, plain.spec().clone(), key, 1, 300_000);
-        let mut plain = plain;
+        let mut spec = book(key).spec().clone();
+        spec.quotas = vec![(CountyCode(420502), 300_000)];
+        let mut plain = TrancheBook::new(0, spec.clone(), key, 1);
+        let mut hinted = TrancheBook::with_expected_claims(0, spec.clone(), key, 1, 600_000);
         for book in [&mut plain, &mut hinted] {
             let run = [(2, claim("a")), (3, claim("bb")), (4, claim("ccc"))]
                 .map(|(seq, c)| (seq, DigestedClaim::new(key, c)));
@@ -721,11 +722,16 @@ mod tests {
         for i in 0..3 {
             assert_eq!(plain.voucher(i).claim, hinted.voucher(i).claim);
         }
-        // The quota is 5, so the hint is what sizes the hinted book: 300,000 claims with two
-        // keys each, at most half full, once its arrays have arrived.
-        assert!(hinted.voucher_by_random.eventual_capacity() >= 300_000);
-        assert!(hinted.holders.eventual_capacity() >= 600_000);
-        assert!(plain.voucher_by_random.eventual_capacity() < 300_000);
+        // Presized for the quota, 300,000 (2^20 slots hold 524,288); the hint, 600,000,
+        // needs 2^21, made once its array has arrived.
+        assert!(plain.voucher_by_random.eventual_capacity() < 600_000);
+        assert!(hinted.voucher_by_random.eventual_capacity() >= 600_000);
+        // A count past twice the quota is not believed.
+        let doubted = TrancheBook::with_expected_claims(0, spec, key, 1, 50_000_000);
+        assert_eq!(
+            doubted.voucher_by_random.eventual_capacity(),
+            hinted.voucher_by_random.eventual_capacity()
+        );
     }
 
     #[test]

@@ -351,8 +351,13 @@ impl TrancheBook {
         );
         let counties = stock_for(&spec);
         let presized = spec.total_quota().min(PRESIZED_VOUCHERS_MAX) as usize;
-        // Bounded by the positions a voucher log can have (a hint comes from a file).
-        let known = expected_claims.min(u64::from(u32::MAX / 2)) as usize;
+        // A hint comes from a file, so it is not believed past twice the quota (pool draws can
+        // add to a county's stock, rarely that much); past it, the index grows as it would
+        // without a hint. This bounds what a damaged or forged count can make a start
+        // allocate by what the operator configured.
+        let known = expected_claims
+            .min(spec.total_quota().saturating_mul(2))
+            .min(u64::from(u32::MAX / 2)) as usize;
         let expected = presized.max(known);
         let presized_keys = presized * PRESIZED_KEYS_PER_VOUCHER;
         let expected_keys = presized_keys.max(known * EXPECTED_KEYS_PER_CLAIM);
