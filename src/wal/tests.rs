@@ -77,7 +77,16 @@ fn payload_for_seq(seq: u64) -> Vec<u8> {
     (0..len).map(|i| (seq as usize + i * 7) as u8).collect()
 }
 
+/// `killed_writer_loses_no_acknowledged_record` starts child processes while other tests run
+/// in this process. Between fork and exec a child holds a copy of every open descriptor, among
+/// them another test's WAL directory lock (`flock`), so that test, reopening its WAL right after
+/// closing it, could find the directory still locked (seen once in CI, under load). A test
+/// opens a WAL directory holding this for reading; a child is started holding it for writing,
+/// and `spawn` returns only after the child's exec has closed the copies.
+static CHILD_SPAWN: parking_lot::RwLock<()> = parking_lot::RwLock::new(());
+
 fn open_collect(opts: WalOptions) -> (Wal, ReplayReport, Replayed) {
+    let _no_child_starting = CHILD_SPAWN.read();
     let mut records = Vec::new();
     let (wal, report) = open::<std::convert::Infallible>(opts, |r| {
         records.push((r.seq, r.kind, r.payload.to_vec()));
@@ -97,6 +106,7 @@ fn reopen(dir: &Path) -> (ReplayReport, Replayed) {
 }
 
 fn open_error(dir: &Path) -> OpenError<std::convert::Infallible> {
+    let _no_child_starting = CHILD_SPAWN.read();
     match open::<std::convert::Infallible>(options(dir), |_| Ok(())) {
         Ok(_) => panic!("open unexpectedly succeeded"),
         Err(error) => error,
@@ -698,6 +708,7 @@ fn callback_error_leaves_the_torn_tail_in_place() {
         b"torn bytes",
     );
     let untouched = snapshot(dir);
+    let no_child_starting = CHILD_SPAWN.read();
     let result = open(options(dir), |record| {
         if record.seq == 3 {
             Err("rejected seq 3")
@@ -705,6 +716,7 @@ fn callback_error_leaves_the_torn_tail_in_place() {
             Ok(())
         }
     });
+    drop(no_child_starting);
     assert!(matches!(result, Err(OpenError::Callback("rejected seq 3"))));
     assert_eq!(snapshot(dir), untouched);
 }
@@ -1045,6 +1057,7 @@ fn killed_writer_loses_no_acknowledged_record() {
     let mut torn_tails = 0;
     for round in 0..ROUNDS {
         let target = acked_total + rng.range(1, 1_500) as u64;
+        let starting = CHILD_SPAWN.write();
         let child = Command::new(&exe)
             .args([
                 CRASH_CHILD_TEST_NAME,
@@ -1057,6 +1070,7 @@ fn killed_writer_loses_no_acknowledged_record() {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn child");
+        drop(starting);
         let mut child = KillOnDrop(child);
         let stdout = child.0.stdout.take().expect("child stdout");
         let mut acked = acked_total;
