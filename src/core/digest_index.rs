@@ -208,11 +208,18 @@ pub fn install_provisioner(provisioner: Provisioner) -> bool {
 /// [`HUGE_PAGE_ARRAY_MIN_BYTES`]) with every page written, which faults it in: what a
 /// [`Provisioner`] hands back.
 pub fn faulted_in_mapping(bytes: usize) -> memmap2::MmapMut {
+    let mut map = zero_page_mapping(bytes);
+    map.fill(0);
+    map
+}
+
+/// A fresh anonymous mapping of `bytes`, not yet faulted in: its pages read as zero until
+/// written. Asks for transparent huge pages.
+fn zero_page_mapping(bytes: usize) -> memmap2::MmapMut {
     match memmap2::MmapOptions::new().len(bytes).map_anon() {
-        Ok(mut map) => {
+        Ok(map) => {
             // Advice only: without THP (or on an old kernel) it is 4 KiB pages.
             let _ = map.advise(memmap2::Advice::HugePage);
-            map.fill(0);
             map
         }
         // Out of address space or memory: the same failure the heap would report.
@@ -591,13 +598,7 @@ impl SlotArray {
         let memory = if SlotArray::is_mapped(len) {
             SlotMemory::Mapped(match prefault {
                 Prefault::Now => faulted_in_mapping(bytes),
-                Prefault::OnFirstTouch => match memmap2::MmapOptions::new().len(bytes).map_anon() {
-                    Ok(map) => {
-                        let _ = map.advise(memmap2::Advice::HugePage);
-                        map
-                    }
-                    Err(e) => panic!("cannot map a {bytes}-byte index: {e}"),
-                },
+                Prefault::OnFirstTouch => zero_page_mapping(bytes),
             })
         } else {
             SlotMemory::Heap(vec![0; bytes].into_boxed_slice())
