@@ -373,11 +373,14 @@ impl ClaimCounter {
     fn see(&mut self, kind: u8, payload: &[u8]) {
         match kind {
             journal::KIND_TRANCHE_DEFINED => {
-                // The payload starts with the ordinal (`journal::decode`).
-                self.ordinal = payload
-                    .first_chunk::<4>()
-                    .map(|b| u32::from_le_bytes(*b))
-                    .filter(|o| (*o as usize) < MAX_TRANCHES);
+                // Few records: decoded with the journal's own decoder; one that does not decode
+                // counts nothing (applying it will refuse the file).
+                self.ordinal = match journal::decode(kind, payload) {
+                    Ok(Event::TrancheDefined { ordinal, .. }) => {
+                        Some(ordinal).filter(|o| (*o as usize) < MAX_TRANCHES)
+                    }
+                    _ => None,
+                };
             }
             journal::KIND_VOUCHER_CLAIMED => {
                 if let Some(ordinal) = self.ordinal {
@@ -925,10 +928,26 @@ mod tests {
 
     /// Verifying counts each tranche's claims (by the ordinal of the definition before them),
     /// from memory and from the file alike; claims before any definition, or after one with
-    /// an ordinal past `MAX_TRANCHES`, are not counted.
+    /// an ordinal past `MAX_TRANCHES` or one that does not decode, are not counted.
     #[test]
     fn verifying_counts_claims_per_tranche() {
-        let defined = |ordinal: u32| ordinal.to_le_bytes().to_vec();
+        let defined = |ordinal: u32| {
+            journal::encode(&Event::TrancheDefined {
+                ordinal,
+                spec: crate::core::TrancheSpec {
+                    tranche_id: format!("t{ordinal}"),
+                    campaign_id: "c".into(),
+                    opens_at: UnixMillis(0),
+                    closes_at: UnixMillis(10),
+                    expires_at: UnixMillis(10),
+                    face_value_fen: 100,
+                    threshold_fen: 0,
+                    quotas: vec![(crate::core::CountyCode(420502), 5)],
+                    redeem_anywhere_in_city: false,
+                    industries: Vec::new(),
+                },
+            })
+        };
         let records: Vec<(u8, Vec<u8>)> = vec![
             (journal::KIND_VOUCHER_CLAIMED, vec![1]),
             (journal::KIND_CAMPAIGN_DEFINED, vec![2]),
