@@ -43,8 +43,29 @@ pub fn system_now() -> UnixMillis {
     UnixMillis(i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// Makes any panic in this process end it, once the panic is printed: a failed assertion is
+/// a broken invariant, and the state it left must not go on serving.
+///
+/// Without this, a panic in a request's task (under a tranche's lock, say, after part of a
+/// claim was applied) ends only that task: tokio keeps running, the lock is released on the
+/// way out, and the daemon would go on answering from state it never recorded in the WAL. A
+/// panic on the WAL committer's thread would leave every waiting claim unanswered. Aborting
+/// instead leaves the WAL as the truth: the supervisor restarts the daemon, which replays it.
+pub fn stop_on_panic() {
+    let print = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        print(info);
+        eprintln!(
+            "voucherd: stopping on a panic (a bug or a broken invariant); the WAL holds every \
+             acknowledged decision, and a restart replays it"
+        );
+        std::process::abort();
+    }));
+}
+
 /// Runs the daemon; returns the process exit code.
 pub fn serve(config_path: &Path) -> i32 {
+    stop_on_panic();
     crate::core::digest_index::install_provisioner(crate::prefault::PROVISIONER);
     let config = match config::load(config_path, system_now(), &|name| std::env::var(name).ok()) {
         Ok(c) => c,
