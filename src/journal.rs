@@ -38,6 +38,11 @@ pub const KIND_MERCHANT_STATUS_CHANGED: u8 = 6;
 
 /// Longest string field in any record.
 pub const MAX_FIELD_BYTES: usize = 1_024;
+/// The bytes of a claim record's payload besides its strings: the lengths of the three
+/// required ones (tranche, user, request), the presence bytes of the three optional keys, the
+/// voucher random, county, time, request fingerprint, coordinates and CRS. A claim's payload
+/// is this plus its strings' bytes (see `write_claim`).
+pub const CLAIM_PAYLOAD_BYTES_BESIDES_STRINGS: usize = 2 + 8 + 4 + 8 + 2 + 3 + 2 + 16 + 8 + 8 + 1;
 /// Most county quotas in one tranche record.
 pub const MAX_QUOTAS_PER_RECORD: usize = 1_024;
 /// Payload size an import part is filled to, at most: well under the WAL's
@@ -637,6 +642,37 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claim_payload_is_its_strings_and_the_fixed_bytes() {
+        let with = |tranche_id: &str, id_hash: Option<&str>| {
+            encode_claim(&VoucherClaimed::new(ClaimFields {
+                tranche_id,
+                voucher_random: 1,
+                county: CountyCode(420502),
+                claimed_at: UnixMillis(0),
+                user_id: "",
+                id_hash,
+                phone_hash: None,
+                device_id: None,
+                request_id: "",
+                request_fingerprint: 0,
+                location: Location {
+                    lng: 0.0,
+                    lat: 0.0,
+                    crs: Crs::Gcj02,
+                },
+            }))
+            .len()
+        };
+        assert_eq!(with("", None), CLAIM_PAYLOAD_BYTES_BESIDES_STRINGS);
+        assert_eq!(with("t-1", None), CLAIM_PAYLOAD_BYTES_BESIDES_STRINGS + 3);
+        // An optional key adds its length's two bytes as well as its own.
+        assert_eq!(
+            with("", Some("ab")),
+            CLAIM_PAYLOAD_BYTES_BESIDES_STRINGS + 4
+        );
+    }
 
     fn samples() -> Vec<Event> {
         vec![

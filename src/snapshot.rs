@@ -363,9 +363,19 @@ pub struct Verified {
 /// its definition (see the module docs), so a claim is counted for the ordinal of the
 /// definition before it. Only a sizes hint: a miscounted file changes no answer, and the
 /// count is bounded by the records in the file and [`MAX_TRANCHES`] ordinals.
+///
+/// Claims are not decoded here (that is the applying pass's work), but a record too short to
+/// be a claim of that tranche counts nothing: a counted claim takes at least
+/// [`journal::CLAIM_PAYLOAD_BYTES_BESIDES_STRINGS`] plus the tranche ID's bytes of the file,
+/// and sizes about 128–256 bytes of indexes. So a damaged or forged file's hint asks for
+/// at most about four times its own size, where a genuine snapshot's state is about two and
+/// a half times its size (BENCHMARKS.md, "Restart"); without this, 13-byte records that do not
+/// decode bought 10–20 times their size before the first of them was refused.
 #[derive(Default)]
 struct ClaimCounter {
     ordinal: Option<u32>,
+    /// The smallest payload a claim of the current tranche has.
+    min_claim_bytes: usize,
     claims_by_ordinal: BTreeMap<u32, u64>,
 }
 
@@ -375,15 +385,18 @@ impl ClaimCounter {
             journal::KIND_TRANCHE_DEFINED => {
                 // Few records: decoded with the journal's own decoder; one that does not decode
                 // counts nothing (applying it will refuse the file).
-                self.ordinal = match journal::decode(kind, payload) {
-                    Ok(Event::TrancheDefined { ordinal, .. }) => {
-                        Some(ordinal).filter(|o| (*o as usize) < MAX_TRANCHES)
-                    }
-                    _ => None,
+                (self.ordinal, self.min_claim_bytes) = match journal::decode(kind, payload) {
+                    Ok(Event::TrancheDefined { ordinal, spec }) => (
+                        Some(ordinal).filter(|o| (*o as usize) < MAX_TRANCHES),
+                        journal::CLAIM_PAYLOAD_BYTES_BESIDES_STRINGS + spec.tranche_id.len(),
+                    ),
+                    _ => (None, 0),
                 };
             }
             journal::KIND_VOUCHER_CLAIMED => {
-                if let Some(ordinal) = self.ordinal {
+                if let Some(ordinal) = self.ordinal
+                    && payload.len() >= self.min_claim_bytes
+                {
                     *self.claims_by_ordinal.entry(ordinal).or_default() += 1;
                 }
             }
@@ -948,20 +961,33 @@ mod tests {
                 },
             })
         };
+        // Claims are not decoded while counting, only measured: "t0" and "t7" take two bytes.
+        let claim = |byte: u8| {
+            (
+                journal::KIND_VOUCHER_CLAIMED,
+                vec![byte; journal::CLAIM_PAYLOAD_BYTES_BESIDES_STRINGS + 2],
+            )
+        };
+        let too_short = (
+            journal::KIND_VOUCHER_CLAIMED,
+            vec![0; journal::CLAIM_PAYLOAD_BYTES_BESIDES_STRINGS + 1],
+        );
         let records: Vec<(u8, Vec<u8>)> = vec![
-            (journal::KIND_VOUCHER_CLAIMED, vec![1]),
+            claim(1),
             (journal::KIND_CAMPAIGN_DEFINED, vec![2]),
             (journal::KIND_TRANCHE_DEFINED, defined(0)),
-            (journal::KIND_VOUCHER_CLAIMED, vec![3]),
-            (journal::KIND_VOUCHER_CLAIMED, vec![4]),
+            claim(3),
+            claim(4),
+            too_short.clone(),
             (journal::KIND_VOUCHER_REDEEMED, vec![5]),
-            (journal::KIND_VOUCHER_CLAIMED, vec![6]),
+            claim(6),
             (journal::KIND_TRANCHE_DEFINED, defined(7)),
-            (journal::KIND_VOUCHER_CLAIMED, vec![7]),
+            claim(7),
+            too_short,
             (journal::KIND_TRANCHE_DEFINED, defined(MAX_TRANCHES as u32)),
-            (journal::KIND_VOUCHER_CLAIMED, vec![8]),
+            claim(8),
             (journal::KIND_TRANCHE_DEFINED, vec![9]),
-            (journal::KIND_VOUCHER_CLAIMED, vec![10]),
+            claim(10),
         ];
         let bytes = encode_records(
             records.len() as u64,

@@ -353,8 +353,10 @@ impl TrancheBook {
         let presized = spec.total_quota().min(PRESIZED_VOUCHERS_MAX) as usize;
         // A hint comes from a file, so it is not believed past twice the quota (pool draws can
         // add to a county's stock, rarely that much); past it, the index grows as it would
-        // without a hint. This bounds what a damaged or forged count can make a start
-        // allocate by what the operator configured.
+        // without a hint. The quota comes from the same file, so this alone does not bound a
+        // forged count: the counter only counts records big enough to be claims of this
+        // tranche, which bounds the memory a hint asks for by the file's size (see
+        // `snapshot::ClaimCounter`).
         let known = expected_claims
             .min(spec.total_quota().saturating_mul(2))
             .min(u64::from(u32::MAX / 2)) as usize;
