@@ -306,15 +306,22 @@ impl<K: IndexKey> DigestIndex<K> {
     /// index moves into it once it is ready, as it does when it grows; without one, it is
     /// made here. Either way no array in between is made.
     pub fn with_capacity_eventually(entries: usize, eventually: usize) -> DigestIndex<K> {
-        let mut index = DigestIndex::with_capacity(entries);
         let slots = slots_for(eventually);
-        if slots > index.slots.len() {
-            match Provisioning::start(slots) {
-                Some(next) => index.next = Some(next),
-                None => return DigestIndex::with_capacity(eventually),
-            }
+        if slots <= slots_for(entries) {
+            return DigestIndex::with_capacity(entries);
         }
-        index
+        // A heap-sized array is cheap to make here; a helper is for big mappings only.
+        let next = SlotArray::is_mapped(slots)
+            .then(|| Provisioning::start(slots))
+            .flatten();
+        match next {
+            Some(next) => {
+                let mut index = DigestIndex::with_capacity(entries);
+                index.next = Some(next);
+                index
+            }
+            None => DigestIndex::with_capacity(eventually),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -821,15 +828,18 @@ mod tests {
         Some(Box::new(MadeWhenWaitedFor(bytes)))
     }
 
+    /// Installs [`made_when_waited_for`] for this test process, once; only these tests do.
+    fn install_test_provisioner() {
+        let _ = install_provisioner(made_when_waited_for);
+        assert!(PROVISIONER.get().is_some());
+    }
+
     /// With a provisioner, a mapped array past half full keeps taking inserts while its
     /// doubled array is on its way and switches to it at three quarters full at the latest
     /// (here exactly then); every key is found before, during and after the move.
     #[test]
     fn a_mapped_index_grows_into_a_provisioned_array_by_its_hard_limit() {
-        assert!(
-            install_provisioner(made_when_waited_for),
-            "no other test in this process installs one"
-        );
+        install_test_provisioner();
         let presized = HUGE_PAGE_ARRAY_MIN_BYTES / SLOT_BYTES / 2;
         let mut index: DigestIndex<u64> = DigestIndex::with_capacity(presized);
         let first_slots = index.slots.len();
@@ -902,6 +912,19 @@ mod tests {
         assert!(sizes.len() <= 2, "no array in between: {sizes:?}");
         assert_eq!(index.max_value(), Some(later as u32 - 1));
         assert_eq!(index.values().count(), later);
+    }
+
+    #[test]
+    fn a_small_index_sized_for_later_is_made_at_that_size_at_once() {
+        // A provisioner is for mapped arrays only.
+        install_test_provisioner();
+        let index: DigestIndex<u64> = DigestIndex::with_capacity_eventually(16, 1_000);
+        assert!(index.next.is_none());
+        assert_eq!(index.slots.len(), slots_for(1_000));
+        let big = HUGE_PAGE_ARRAY_MIN_BYTES / SLOT_BYTES;
+        let index: DigestIndex<u64> = DigestIndex::with_capacity_eventually(16, big);
+        assert_eq!(index.next.as_ref().map(|n| n.len), Some(slots_for(big)));
+        assert_eq!(index.slots.len(), slots_for(16));
     }
 
     #[test]
