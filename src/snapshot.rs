@@ -883,6 +883,16 @@ pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, SnapshotError> {
 /// full WAL, still has the data); one that verifies but does not apply is an
 /// error, because `recovered` may already hold part of it.
 pub fn load_latest(dir: &Path, recovered: &mut Recovered) -> Result<Option<Loaded>, SnapshotError> {
+    match verify_latest(dir)? {
+        Some(verified) => verified.apply(recovered).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The newest snapshot that verifies, ready to apply; older ones and ones that fail
+/// verification are skipped as [`load_latest`] describes. Knowing `covered_seq` before the
+/// snapshot is applied lets the daemon scan the WAL on another thread meanwhile.
+pub fn verify_latest(dir: &Path) -> Result<Option<Verified>, SnapshotError> {
     for (_, path) in list(dir)? {
         let len = fs::metadata(&path).map_err(io("stat", &path))?.len();
         if len > MAX_SNAPSHOT_BYTES {
@@ -897,9 +907,9 @@ pub fn load_latest(dir: &Path, recovered: &mut Recovered) -> Result<Option<Loade
                     len,
                     records = verified.records,
                     elapsed_ms = started.elapsed().as_millis() as u64,
-                    "snapshot verified; applying it"
+                    "snapshot verified"
                 );
-                return verified.apply(recovered).map(Some);
+                return Ok(Some(verified));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "skipping a snapshot that does not verify; falling back to an older one or the full WAL")
