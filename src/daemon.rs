@@ -311,14 +311,13 @@ fn recover(config: &Config, regions: RegionIndex) -> Result<(Dispenser, u64), i3
     let digest_key = DigestKey::new(rand::random(), rand::random());
     let mut recovered = Recovered::new(digest_key);
     let snapshots = snapshot::directory(&config.storage.data_dir);
-    let verified = match snapshot::verify_latest(&snapshots) {
-        Ok(verified) => verified,
+    let listed = match snapshot::list(&snapshots) {
+        Ok(listed) => listed,
         Err(e) => {
             tracing::error!(error = %e, "cannot read the snapshots; refusing to start");
             return Err(EXIT_DATA_ERROR);
         }
     };
-    let covered_seq = verified.as_ref().map_or(0, |v| v.covered_seq);
     let wal_dir = config.storage.data_dir.join(WAL_DIR_NAME);
     let options = WalOptions {
         dir: wal_dir.clone(),
@@ -332,22 +331,30 @@ fn recover(config: &Config, regions: RegionIndex) -> Result<(Dispenser, u64), i3
         writer: config.storage.writer,
     };
     let mut tail_records = 0u64;
-    let opened = match verified {
-        None => replay_wal(options, &mut recovered, &mut tail_records),
-        Some(verified) => match replay_beside_snapshot(
-            verified,
-            options,
+    let mut covered_seq = 0;
+    let mut opened = None;
+    for (named_seq, path) in &listed {
+        match replay_beside_snapshot(
+            *named_seq,
+            path,
+            options.clone(),
             &mut recovered,
             &mut tail_records,
             started,
         ) {
-            Ok(opened) => opened,
+            Ok(Some(replayed)) => {
+                covered_seq = *named_seq;
+                opened = Some(replayed);
+                break;
+            }
+            Ok(None) => {}
             Err(e) => {
                 tracing::error!(error = %e, "cannot load the snapshot; refusing to start. Move the snapshot aside to recover from the full WAL");
                 return Err(EXIT_DATA_ERROR);
             }
-        },
-    };
+        }
+    }
+    let opened = opened.unwrap_or_else(|| replay_wal(options, &mut recovered, &mut tail_records));
     let (wal, report) = match opened {
         Ok(pair) => pair,
         Err(e) => {
@@ -465,22 +472,27 @@ impl TailBatch {
     }
 }
 
-/// A start from a snapshot: the snapshot is applied on this thread (and its applying
-/// thread) while a `wal-scan` thread opens the WAL, which checks every record, the ones the
-/// snapshot covers too. Scanning a 10 M-record WAL took 1.1–1.3 s after the snapshot, and
-/// now overlaps it. Records past the snapshot are queued (bounded: the scan waits when the
-/// queue is full) and applied, in order, once the snapshot is.
+/// A start from the snapshot `path`, named for the seq it covers: while this thread verifies
+/// the file and then applies it (with its applying thread), a `wal-scan` thread opens the WAL,
+/// which checks every record, the ones the snapshot covers too. The scan (1.1–1.3 s for a
+/// 10 M-record WAL) then overlaps the verifying pass, when the second core has nothing else
+/// to do. Records past the snapshot are queued (bounded: the scan waits when the queue is
+/// full) and applied, in order, once the snapshot is.
 ///
-/// `Err` when the snapshot does not apply. Otherwise what opening the WAL gave; a refused
-/// tail record is reported before a WAL error found after it, as in [`replay_wal`].
+/// `Ok(None)` when the file is skipped ([`snapshot::verify_listed`]): the scan is stopped and
+/// nothing was applied, so the caller tries an older snapshot or the WAL alone. `Err` when it
+/// verifies but does not apply. Otherwise what opening the WAL gave; a refused tail record is
+/// reported before a WAL error found after it, as in [`replay_wal`].
 fn replay_beside_snapshot(
-    verified: snapshot::Verified,
+    named_seq: u64,
+    path: &Path,
     options: WalOptions,
     recovered: &mut Recovered,
     tail_records: &mut u64,
     started: Instant,
-) -> Result<Opened, snapshot::SnapshotError> {
-    let covered_seq = verified.covered_seq;
+) -> Result<Option<Opened>, snapshot::SnapshotError> {
+    let stopped = std::sync::atomic::AtomicBool::new(false);
+    let stopped = &stopped;
     std::thread::scope(|scope| {
         let (tail, tail_batches) = std::sync::mpsc::sync_channel::<TailBatch>(TAIL_QUEUE_BATCHES);
         let scanner = std::thread::Builder::new()
@@ -488,7 +500,10 @@ fn replay_beside_snapshot(
             .spawn_scoped(scope, move || {
                 let mut batch = TailBatch::default();
                 let opened = wal::open(options, |record| {
-                    if record.seq <= covered_seq {
+                    if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Err(ReplayError::Stopped);
+                    }
+                    if record.seq <= named_seq {
                         return Ok(());
                     }
                     batch.push(record);
@@ -507,20 +522,31 @@ fn replay_beside_snapshot(
                 opened
             })
             .expect("spawn the wal-scan thread");
-        let join_scanner = |scanner: std::thread::ScopedJoinHandle<'_, Opened>| {
-            scanner
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        // Stops the scan and waits for it; a WAL it opened meanwhile is closed again.
+        let stop_scanner = |tail_batches, scanner: std::thread::ScopedJoinHandle<'_, Opened>| {
+            stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+            drop(tail_batches);
+            drop(join(scanner));
+        };
+        let verified = match snapshot::verify_listed(named_seq, path) {
+            Ok(Some(verified)) => verified,
+            Ok(None) => {
+                stop_scanner(tail_batches, scanner);
+                return Ok(None);
+            }
+            Err(e) => {
+                stop_scanner(tail_batches, scanner);
+                return Err(e);
+            }
         };
         let loaded = match verified.apply(recovered) {
             Ok(loaded) => loaded,
             Err(e) => {
-                drop(tail_batches);
-                drop(join_scanner(scanner));
+                stop_scanner(tail_batches, scanner);
                 return Err(e);
             }
         };
-        tracing::info!(path = %loaded.path.display(), covered_seq, records = loaded.records, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot loaded");
+        tracing::info!(path = %loaded.path.display(), covered_seq = loaded.covered_seq, records = loaded.records, elapsed_ms = started.elapsed().as_millis() as u64, "snapshot loaded");
         let (fed, applied) = replay_on_two_threads(recovered, |feed| {
             for batch in &tail_batches {
                 for (seq, kind, at) in batch.records {
@@ -531,12 +557,19 @@ fn replay_beside_snapshot(
             Ok(())
         });
         drop(tail_batches);
-        let scanned = join_scanner(scanner);
-        Ok(match (applied, fed) {
+        let scanned = join(scanner);
+        Ok(Some(match (applied, fed) {
             (Err(refused), _) | (Ok(()), Err(refused)) => Err(wal::OpenError::Callback(refused)),
             (Ok(()), Ok(())) => scanned,
-        })
+        }))
     })
+}
+
+/// Joins a thread, resuming its panic here.
+fn join<T>(thread: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    thread
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// Writes configured campaigns and tranches that the WAL does not have yet.

@@ -890,33 +890,53 @@ pub fn load_latest(dir: &Path, recovered: &mut Recovered) -> Result<Option<Loade
 }
 
 /// The newest snapshot that verifies, ready to apply; older ones and ones that fail
-/// verification are skipped as [`load_latest`] describes. Knowing `covered_seq` before the
-/// snapshot is applied lets the daemon scan the WAL on another thread meanwhile.
+/// verification are skipped as [`load_latest`] describes.
 pub fn verify_latest(dir: &Path) -> Result<Option<Verified>, SnapshotError> {
-    for (_, path) in list(dir)? {
-        let len = fs::metadata(&path).map_err(io("stat", &path))?.len();
-        if len > MAX_SNAPSHOT_BYTES {
-            tracing::warn!(path = %path.display(), len, "snapshot larger than MAX_SNAPSHOT_BYTES; skipping it");
-            continue;
-        }
-        let started = std::time::Instant::now();
-        match verify_file(&path) {
-            Ok(verified) => {
-                tracing::info!(
-                    path = %path.display(),
-                    len,
-                    records = verified.records,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "snapshot verified"
-                );
-                return Ok(Some(verified));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "skipping a snapshot that does not verify; falling back to an older one or the full WAL")
-            }
+    for (covered_seq, path) in list(dir)? {
+        if let Some(verified) = verify_listed(covered_seq, &path)? {
+            return Ok(Some(verified));
         }
     }
     Ok(None)
+}
+
+/// Verifies one snapshot file that [`list`] gave with the seq its name says it covers. `None`,
+/// with a warning, when it is to be skipped: bigger than [`MAX_SNAPSHOT_BYTES`], failing
+/// verification, or covering another seq than its name says (the daemon names each file by
+/// what it covers; the start scans the WAL for the records after that while the file is read).
+pub fn verify_listed(named_seq: u64, path: &Path) -> Result<Option<Verified>, SnapshotError> {
+    const SKIPPING: &str =
+        "skipping a snapshot that does not verify; falling back to an older one or the full WAL";
+    let len = fs::metadata(path).map_err(io("stat", path))?.len();
+    if len > MAX_SNAPSHOT_BYTES {
+        tracing::warn!(path = %path.display(), len, "snapshot larger than MAX_SNAPSHOT_BYTES; skipping it");
+        return Ok(None);
+    }
+    let started = std::time::Instant::now();
+    match verify_file(path) {
+        Ok(verified) if verified.covered_seq != named_seq => {
+            tracing::warn!(
+                path = %path.display(),
+                header_covered_seq = verified.covered_seq,
+                "{SKIPPING}: its name says it covers seq {named_seq}, its header another"
+            );
+            Ok(None)
+        }
+        Ok(verified) => {
+            tracing::info!(
+                path = %path.display(),
+                len,
+                records = verified.records,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "snapshot verified"
+            );
+            Ok(Some(verified))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "{SKIPPING}");
+            Ok(None)
+        }
+    }
 }
 
 /// At start: removes published snapshots beyond the newest [`SNAPSHOTS_KEPT`] that are

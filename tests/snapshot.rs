@@ -119,6 +119,71 @@ fn a_damaged_snapshot_is_skipped_and_nothing_is_lost() {
     check_all_present(&daemon, "t1", &acked);
 }
 
+/// A daemon killed after at least two snapshots; returns the acknowledged claims and the
+/// stock before the kill.
+fn killed_after_two_snapshots(dir: &Path) -> (Vec<Acked>, std::collections::HashMap<String, u64>) {
+    let daemon = start(dir, &snapshot_config());
+    daemon.create_tranche("t1", &open_tranche_body(&quotas()));
+    let acked = claim_concurrently(&daemon, "t1", "a", 300);
+    wait_for_snapshot(dir, 200);
+    let deadline = Instant::now() + STARTUP_DEADLINE;
+    while snapshots(dir).len() < 2 {
+        assert!(Instant::now() < deadline, "no second snapshot appeared");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let before = remaining(&daemon, "t1");
+    daemon.kill();
+    (acked, before)
+}
+
+/// Only the newest snapshot is damaged: the start stops the WAL scan it began beside that
+/// file, loads the older snapshot, and applies the WAL after it.
+#[test]
+fn a_damaged_newest_snapshot_falls_back_to_the_older_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (acked, before) = killed_after_two_snapshots(dir.path());
+    let listed = snapshots(dir.path());
+    let mut bytes = std::fs::read(&listed[0].1).expect("read");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&listed[0].1, bytes).expect("write");
+
+    let daemon = start(dir.path(), &snapshot_config());
+    let log = daemon.stderr_text();
+    assert!(
+        log.contains("skipping a snapshot that does not verify"),
+        "{log}"
+    );
+    let loaded = line_with(&log, "snapshot loaded");
+    assert_eq!(field(loaded, "covered_seq"), listed[1].0, "{loaded}");
+    assert_eq!(remaining(&daemon, "t1"), before);
+    check_all_present(&daemon, "t1", &acked);
+}
+
+/// A snapshot whose name says it covers another seq than its header is skipped: the start
+/// scans the WAL for the records after the seq in the name while the file is read.
+#[test]
+fn a_snapshot_named_for_another_seq_is_skipped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (acked, before) = killed_after_two_snapshots(dir.path());
+    let listed = snapshots(dir.path());
+    let (newest_seq, newest) = &listed[0];
+    let renamed = newest.with_file_name(format!("{:020}.snap", newest_seq + 5));
+    std::fs::rename(newest, &renamed).expect("rename");
+    assert_eq!(snapshots(dir.path())[0], (newest_seq + 5, renamed));
+
+    let daemon = start(dir.path(), &snapshot_config());
+    let log = daemon.stderr_text();
+    assert!(
+        log.contains(&format!("its name says it covers seq {}", newest_seq + 5)),
+        "{log}"
+    );
+    let loaded = line_with(&log, "snapshot loaded");
+    assert_eq!(field(loaded, "covered_seq"), listed[1].0, "{loaded}");
+    assert_eq!(remaining(&daemon, "t1"), before);
+    check_all_present(&daemon, "t1", &acked);
+}
+
 #[test]
 fn sigterm_writes_a_final_snapshot() {
     let dir = tempfile::tempdir().expect("tempdir");
