@@ -34,9 +34,9 @@ use tokio::sync::oneshot;
 use crate::core::merchant::{Assembled, ImportAssembler, MerchantPage};
 use crate::core::{
     CampaignSpec, Catalog, CatalogError, ClaimCommand, ClaimDecision, ControlDecision, CountyCode,
-    DigestKey, DigestedClaim, Event, IdentityKeys, ImportRow, Location, Merchant, MerchantFilter,
-    MerchantRegistry, MerchantRules, MerchantStatus, RedemptionId, Refusal, RowErrors,
-    StatusCounts, TrancheBook, TrancheControl, TrancheSpec, TrancheState, UnixMillis,
+    DigestKey, DigestedClaim, Event, ExpectedClaims, IdentityKeys, ImportRow, Location, Merchant,
+    MerchantFilter, MerchantRegistry, MerchantRules, MerchantStatus, RedemptionId, Refusal,
+    RowErrors, StatusCounts, TrancheBook, TrancheControl, TrancheSpec, TrancheState, UnixMillis,
     UnknownMerchant, VoucherId,
 };
 use crate::geo::RegionIndex;
@@ -317,7 +317,7 @@ pub struct Recovered {
     deferred_claims: Vec<(u64, DigestedClaim)>,
     /// Claims known to follow per tranche ordinal, from a snapshot
     /// ([`Recovered::expect_claims`]); taken when the tranche is defined.
-    expected_claims: std::collections::BTreeMap<u32, u64>,
+    expected_claims: std::collections::BTreeMap<u32, ExpectedClaims>,
 }
 
 /// Claims replayed together as one run (see [`TrancheBook::replay_claims`]): enough for the
@@ -343,7 +343,10 @@ impl Recovered {
     /// Sizes hints for tranches defined from here on: how many claims of each (by ordinal)
     /// the records about to be applied hold. A snapshot counts them while it is verified;
     /// see [`TrancheBook::with_expected_claims`]. Hints change sizes only, never an answer.
-    pub fn expect_claims(&mut self, claims_by_ordinal: std::collections::BTreeMap<u32, u64>) {
+    pub fn expect_claims(
+        &mut self,
+        claims_by_ordinal: std::collections::BTreeMap<u32, ExpectedClaims>,
+    ) {
         self.expected_claims = claims_by_ordinal;
     }
 
@@ -519,7 +522,7 @@ impl Recovered {
                         .decide_new_tranche(&spec.campaign_id)
                         .map_err(|_| conflict(ReplayConflict::TooManyTranches))?;
                     let id = spec.tranche_id.clone();
-                    let expected = self.expected_claims.remove(&ordinal).unwrap_or(0);
+                    let expected = self.expected_claims.remove(&ordinal).unwrap_or_default();
                     let book = TrancheBook::with_expected_claims(
                         ordinal,
                         spec,

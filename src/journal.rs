@@ -351,6 +351,30 @@ fn write_claim(w: &mut Writer, v: &VoucherClaimed) {
     });
 }
 
+/// How many identity keys a claim record's payload carries (its user ID and each optional key
+/// present), read from the front of it without decoding the rest; `None` if that front is
+/// not one of a claim. For a restart's sizes hint: a snapshot counts each tranche's keys on its
+/// verifying pass, which reads every record but decodes only tranche definitions.
+pub fn claim_identity_keys(payload: &[u8]) -> Option<u64> {
+    let mut r = Reader(payload);
+    r.skip_str("tranche_id").ok()?;
+    r.take(8 + 4 + 8, "voucher_random, county, claimed_at")
+        .ok()?;
+    r.skip_str("user_id").ok()?;
+    let mut keys = 1;
+    for field in ["id_hash", "phone_hash", "device_id"] {
+        match r.u8(field).ok()? {
+            0 => {}
+            1 => {
+                r.skip_str(field).ok()?;
+                keys += 1;
+            }
+            _ => return None,
+        }
+    }
+    Some(keys)
+}
+
 pub fn decode(kind: u8, payload: &[u8]) -> Result<Event, DecodeError> {
     let mut r = Reader(payload);
     let event = match kind {
@@ -616,6 +640,14 @@ impl<'a> Reader<'a> {
         let bytes = self.take(len, field)?;
         std::str::from_utf8(bytes).map_err(|_| DecodeError::NotUtf8(field))
     }
+    /// A string field's bytes, skipped unchecked for UTF-8.
+    fn skip_str(&mut self, field: &'static str) -> Result<(), DecodeError> {
+        let len = u16::from_le_bytes(self.array(field)?) as usize;
+        if len > MAX_FIELD_BYTES {
+            return Err(DecodeError::FieldTooLong(field));
+        }
+        self.take(len, field).map(drop)
+    }
     fn opt_str_ref(&mut self, field: &'static str) -> Result<Option<&'a str>, DecodeError> {
         match self.u8(field)? {
             0 => Ok(None),
@@ -672,6 +704,26 @@ mod tests {
             with("", Some("ab")),
             CLAIM_PAYLOAD_BYTES_BESIDES_STRINGS + 4
         );
+    }
+
+    #[test]
+    fn a_claims_identity_keys_are_counted_from_its_front() {
+        for event in samples() {
+            if let Event::VoucherClaimed(claim) = &event {
+                let payload = encode_claim(claim);
+                let keys = 1 + [claim.id_hash(), claim.phone_hash(), claim.device_id()]
+                    .iter()
+                    .filter(|k| k.is_some())
+                    .count() as u64;
+                assert_eq!(claim_identity_keys(&payload), Some(keys));
+                // A front cut short, or a presence byte that is neither 0 nor 1, is no claim.
+                let front = 2 + claim.tranche_id().len() + 20 + 2 + claim.user_id().len();
+                assert_eq!(claim_identity_keys(&payload[..front]), None);
+                let mut bad = payload.clone();
+                bad[front] = 2;
+                assert_eq!(claim_identity_keys(&bad), None);
+            }
+        }
     }
 
     fn samples() -> Vec<Event> {

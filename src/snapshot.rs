@@ -39,7 +39,7 @@ use std::collections::BTreeMap;
 use crate::core::append_log::SharedLog;
 use crate::core::catalog::MAX_TRANCHES;
 use crate::core::tranche::LogEntry;
-use crate::core::{CampaignSpec, Event, MerchantShare, UnixMillis, Voucher};
+use crate::core::{CampaignSpec, Event, ExpectedClaims, MerchantShare, UnixMillis, Voucher};
 use crate::dispenser::{Recovered, ReplayError, replay_on_two_threads};
 use crate::journal;
 
@@ -353,9 +353,9 @@ pub struct Verified {
     pub path: PathBuf,
     pub covered_seq: u64,
     pub records: u64,
-    /// Claims per tranche ordinal, counted on the verifying pass: the sizes hint
-    /// [`Recovered::expect_claims`] gets, so a big tranche's indexes are made once.
-    pub claims_by_ordinal: BTreeMap<u32, u64>,
+    /// Claims and their identity keys per tranche ordinal, counted on the verifying pass: the
+    /// sizes hint [`Recovered::expect_claims`] gets, so a big tranche's indexes are made once.
+    pub claims_by_ordinal: BTreeMap<u32, ExpectedClaims>,
     body: Body,
 }
 
@@ -364,8 +364,9 @@ pub struct Verified {
 /// definition before it. Only a sizes hint: a miscounted file changes no answer, and the
 /// count is bounded by the records in the file and [`MAX_TRANCHES`] ordinals.
 ///
-/// Claims are not decoded here (that is the applying pass's work), but a record too short to
-/// be a claim of that tranche counts nothing: a counted claim takes at least
+/// Claims are not decoded here (that is the applying pass's work); their identity keys are
+/// counted from the front of each ([`journal::claim_identity_keys`]), and one whose front is
+/// not a claim's counts nothing. Nor does a record too short to be a claim of that tranche: a counted claim takes at least
 /// [`journal::CLAIM_PAYLOAD_BYTES_BESIDES_STRINGS`] plus the tranche ID's bytes of the file,
 /// and sizes about 128–256 bytes of indexes. So a damaged or forged file's hint asks for
 /// at most about four times its own size, where a genuine snapshot's state is about two and
@@ -376,7 +377,7 @@ struct ClaimCounter {
     ordinal: Option<u32>,
     /// The smallest payload a claim of the current tranche has.
     min_claim_bytes: usize,
-    claims_by_ordinal: BTreeMap<u32, u64>,
+    claims_by_ordinal: BTreeMap<u32, ExpectedClaims>,
 }
 
 impl ClaimCounter {
@@ -396,8 +397,11 @@ impl ClaimCounter {
             journal::KIND_VOUCHER_CLAIMED => {
                 if let Some(ordinal) = self.ordinal
                     && payload.len() >= self.min_claim_bytes
+                    && let Some(keys) = journal::claim_identity_keys(payload)
                 {
-                    *self.claims_by_ordinal.entry(ordinal).or_default() += 1;
+                    let expected = self.claims_by_ordinal.entry(ordinal).or_default();
+                    expected.claims += 1;
+                    expected.identity_keys += keys;
                 }
             }
             _ => {}
@@ -991,16 +995,30 @@ mod tests {
                 },
             })
         };
-        // Claims are not decoded while counting, only measured: "t0" and "t7" take two bytes.
+        // Claims are measured and their keys counted, not decoded: "t0" and "t7" take two
+        // bytes, and each claim here carries a user ID and a device ID.
         let claim = |byte: u8| {
-            (
-                journal::KIND_VOUCHER_CLAIMED,
-                vec![byte; journal::CLAIM_PAYLOAD_BYTES_BESIDES_STRINGS + 2],
-            )
+            let mut payload = vec![byte; journal::CLAIM_PAYLOAD_BYTES_BESIDES_STRINGS + 2];
+            // The front: tranche ID "t0", the 20 fixed bytes, an empty user ID, no ID hash, no
+            // phone hash, and a device ID of one byte (the bytes after it are left as they are).
+            let front = [
+                &[2, 0][..],
+                b"t0",
+                &[0; 20],
+                &[0, 0],
+                &[0, 0, 1, 1, 0, byte],
+            ]
+            .concat();
+            payload[..front.len()].copy_from_slice(&front);
+            (journal::KIND_VOUCHER_CLAIMED, payload)
         };
         let too_short = (
             journal::KIND_VOUCHER_CLAIMED,
-            vec![0; journal::CLAIM_PAYLOAD_BYTES_BESIDES_STRINGS + 1],
+            claim(0).1[..journal::CLAIM_PAYLOAD_BYTES_BESIDES_STRINGS + 1].to_vec(),
+        );
+        let not_a_claim = (
+            journal::KIND_VOUCHER_CLAIMED,
+            vec![0xff; journal::CLAIM_PAYLOAD_BYTES_BESIDES_STRINGS + 2],
         );
         let records: Vec<(u8, Vec<u8>)> = vec![
             claim(1),
@@ -1014,6 +1032,7 @@ mod tests {
             (journal::KIND_TRANCHE_DEFINED, defined(7)),
             claim(7),
             too_short,
+            not_a_claim,
             (journal::KIND_TRANCHE_DEFINED, defined(MAX_TRANCHES as u32)),
             claim(8),
             (journal::KIND_TRANCHE_DEFINED, vec![9]),
@@ -1027,7 +1046,11 @@ mod tests {
                 .enumerate()
                 .map(|(i, (kind, payload))| (*kind, i as u64 + 1, &payload[..])),
         );
-        let expected = BTreeMap::from([(0, 3), (7, 1)]);
+        let counted = |claims: u64| ExpectedClaims {
+            claims,
+            identity_keys: 2 * claims,
+        };
+        let expected = BTreeMap::from([(0, counted(3)), (7, counted(1))]);
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("t.snap");
         fs::write(&path, &bytes).expect("write");

@@ -44,7 +44,7 @@ pub use merchant::{
 pub use replay::{DigestedClaim, ReplayConflict};
 pub use time::UnixMillis;
 pub use tranche::{
-    ClaimCommand, ClaimDecision, ControlDecision, CountyCode, CountyStock, RedefineConflict,
-    Refusal, SpecError, TrancheBook, TrancheSpec, TrancheState,
+    ClaimCommand, ClaimDecision, ControlDecision, CountyCode, CountyStock, ExpectedClaims,
+    RedefineConflict, Refusal, SpecError, TrancheBook, TrancheSpec, TrancheState,
 };
 pub use voucher::{RedemptionId, Voucher, VoucherId};

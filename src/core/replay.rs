@@ -645,7 +645,7 @@ mod tests {
     use super::*;
     use crate::core::event::{ClaimFields, Crs, Location};
     use crate::core::time::UnixMillis;
-    use crate::core::tranche::TrancheSpec;
+    use crate::core::tranche::{ExpectedClaims, TrancheSpec};
 
     fn book(key: DigestKey) -> TrancheBook {
         let spec = TrancheSpec {
@@ -706,7 +706,11 @@ mod tests {
         let mut spec = book(key).spec().clone();
         spec.quotas = vec![(CountyCode(420502), 300_000)];
         let mut plain = TrancheBook::new(0, spec.clone(), key, 1);
-        let mut hinted = TrancheBook::with_expected_claims(0, spec.clone(), key, 1, 600_000);
+        let hint = |claims: u64| ExpectedClaims {
+            claims,
+            identity_keys: claims,
+        };
+        let mut hinted = TrancheBook::with_expected_claims(0, spec.clone(), key, 1, hint(600_000));
         for book in [&mut plain, &mut hinted] {
             let run = [(2, claim("a")), (3, claim("bb")), (4, claim("ccc"))]
                 .map(|(seq, c)| (seq, DigestedClaim::new(key, c)));
@@ -727,11 +731,30 @@ mod tests {
         assert!(plain.voucher_by_random.eventual_capacity() < 600_000);
         assert!(hinted.voucher_by_random.eventual_capacity() >= 600_000);
         // A count past twice the quota is not believed.
-        let doubted = TrancheBook::with_expected_claims(0, spec, key, 1, 50_000_000);
+        let doubted = TrancheBook::with_expected_claims(0, spec.clone(), key, 1, hint(50_000_000));
         assert_eq!(
             doubted.voucher_by_random.eventual_capacity(),
             hinted.voucher_by_random.eventual_capacity()
         );
+        // The holders index is made for the keys counted (presized for 4 keys per voucher of
+        // the quota, 1.2 M), and never for more than 4 per believed claim.
+        let keys = |claims: u64, identity_keys: u64| {
+            TrancheBook::with_expected_claims(
+                0,
+                spec.clone(),
+                key,
+                1,
+                ExpectedClaims {
+                    claims,
+                    identity_keys,
+                },
+            )
+            .holders
+            .eventual_capacity()
+        };
+        assert!(keys(600_000, 600_000) < 2_400_000);
+        assert!(keys(600_000, 2_400_000) >= 2_400_000);
+        assert_eq!(keys(600_000, 50_000_000), keys(600_000, 2_400_000));
     }
 
     #[test]

@@ -43,14 +43,18 @@ const PRESIZED_VOUCHERS_MAX: u64 = 1 << 20;
 /// the middle of a release: a ~0.4 s stall under the lock, measured as the open
 /// loop's p99.
 const PRESIZED_KEYS_PER_VOUCHER: usize = MAX_KEYS_PER_IDENTITY;
-/// Identity keys per claim a restart sizes the holders index for when it knows how many
-/// claims follow ([`TrancheBook::with_expected_claims`]): the user ID and one more key, what
-/// platforms send nearly always. Claims with more keys grow the index past it, with the doubled
-/// array faulted in off the applying thread.
-const EXPECTED_KEYS_PER_CLAIM: usize = 2;
 /// Bounded attempts to find an unused voucher random; a collision of 64-bit
 /// CSPRNG values is already astronomically unlikely.
 const MAX_VOUCHER_ID_ATTEMPTS: u32 = 64;
+
+/// What a restart knows of the claims that follow a tranche's definition (a snapshot counts
+/// them while it is verified): a sizes hint for [`TrancheBook::with_expected_claims`].
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExpectedClaims {
+    pub claims: u64,
+    /// Identity keys over all those claims: what the holders index will hold.
+    pub identity_keys: u64,
+}
 
 /// What an operator defines for a tranche.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -330,12 +334,14 @@ impl TrancheBook {
     /// A new tranche from a spec that passed [`TrancheSpec::validate`],
     /// defined by the WAL record `seq`.
     pub fn new(ordinal: u32, spec: TrancheSpec, digest_key: DigestKey, seq: u64) -> TrancheBook {
-        TrancheBook::with_expected_claims(ordinal, spec, digest_key, seq, 0)
+        TrancheBook::with_expected_claims(ordinal, spec, digest_key, seq, ExpectedClaims::default())
     }
 
-    /// [`Self::new`] for a restart that knows `expected_claims` of this tranche follow (a
-    /// snapshot counts them while it is verified): each index is made at the size those
-    /// claims need, once, instead of doubling its way there from the presized size. At
+    /// [`Self::new`] for a restart that knows the claims of this tranche that follow, and
+    /// their identity keys (a snapshot counts them while it is verified): each index is made
+    /// at the size those claims need, once, instead of doubling its way there from the
+    /// presized size (the holders index for the keys counted, so claims with one key, or with
+    /// all four, make it no bigger than they need and do not double it either). At
     /// 10 M claims that doubling wrote about 1.9 GB of arrays that were then thrown away, and
     /// re-placed every key at each step. A hint changes sizes only, never an answer.
     pub fn with_expected_claims(
@@ -343,7 +349,7 @@ impl TrancheBook {
         spec: TrancheSpec,
         digest_key: DigestKey,
         seq: u64,
-        expected_claims: u64,
+        expected: ExpectedClaims,
     ) -> TrancheBook {
         assert!(
             spec.validate().is_ok(),
@@ -357,12 +363,16 @@ impl TrancheBook {
         // forged count: the counter only counts records big enough to be claims of this
         // tranche, which bounds the memory a hint asks for by the file's size (see
         // `snapshot::ClaimCounter`).
-        let known = expected_claims
+        let known = expected
+            .claims
             .min(spec.total_quota().saturating_mul(2))
             .min(u64::from(u32::MAX / 2)) as usize;
+        let known_keys = expected
+            .identity_keys
+            .min((known * MAX_KEYS_PER_IDENTITY) as u64) as usize;
         let expected = presized.max(known);
         let presized_keys = presized * PRESIZED_KEYS_PER_VOUCHER;
-        let expected_keys = presized_keys.max(known * EXPECTED_KEYS_PER_CLAIM);
+        let expected_keys = presized_keys.max(known_keys);
         let release = spec.release_fen();
         let mut log = AppendLog::default();
         log.push(LogEntry::Event {
