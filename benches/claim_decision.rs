@@ -106,6 +106,35 @@ fn bench(c: &mut Criterion) {
             BatchSize::LargeInput,
         )
     });
+    // Where an issuing claim's time goes: the decision alone (no apply: nothing is written to
+    // the book, so each claim meets the same empty indexes), and the keyed digests alone.
+    group.bench_function("decide_issue_only", |b| {
+        b.iter_batched(
+            || book(1_000_000),
+            |book| {
+                let now = UnixMillis(1);
+                let mut issued = 0;
+                for (i, claim) in fresh.iter().enumerate() {
+                    let entropy = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    let decision = book.decide_claim(&command(claim, entropy), now);
+                    issued += usize::from(matches!(decision, ClaimDecision::Issue { .. }));
+                }
+                assert_eq!(issued, CLAIMS_PER_ITERATION);
+                book
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    let digest_key = DigestKey::new(0x1234, 0x5678);
+    group.bench_function("identity_and_request_digests", |b| {
+        b.iter(|| {
+            for claim in &fresh {
+                let command = command(claim, 0);
+                black_box(digest_key.identity_digests(&command.identity));
+                black_box(digest_key.request_digest(command.request_id));
+            }
+        })
+    });
     // After the release instant most presses are refusals: the county is empty.
     let mut sold_out = book(10);
     run(&mut sold_out, &claims("warm"));
