@@ -333,6 +333,9 @@ fn recover(config: &Config, regions: RegionIndex) -> Result<(Dispenser, u64), i3
     let mut tail_records = 0u64;
     let mut covered_seq = 0;
     let mut opened = None;
+    // A torn tail erased by the scan beside a snapshot that was then skipped: the WAL opened
+    // after it has none left to erase.
+    let mut truncated_before = 0;
     for (named_seq, path) in &listed {
         match replay_beside_snapshot(
             *named_seq,
@@ -342,12 +345,14 @@ fn recover(config: &Config, regions: RegionIndex) -> Result<(Dispenser, u64), i3
             &mut tail_records,
             started,
         ) {
-            Ok(Some(replayed)) => {
+            Ok(Beside::Replayed(replayed)) => {
                 covered_seq = *named_seq;
                 opened = Some(replayed);
                 break;
             }
-            Ok(None) => {}
+            Ok(Beside::Skipped { erased_tail_bytes }) => {
+                truncated_before += erased_tail_bytes;
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot load the snapshot; refusing to start. Move the snapshot aside to recover from the full WAL");
                 return Err(EXIT_DATA_ERROR);
@@ -402,12 +407,13 @@ fn recover(config: &Config, regions: RegionIndex) -> Result<(Dispenser, u64), i3
             Err(e) => tracing::warn!(error = %e, "cannot remove old snapshots"),
         }
     }
-    Telemetry::replay_finished(tail_records, report.truncated_tail_bytes, started.elapsed());
+    let truncated_tail_bytes = truncated_before + report.truncated_tail_bytes;
+    Telemetry::replay_finished(tail_records, truncated_tail_bytes, started.elapsed());
     tracing::info!(
         wal_records = report.records,
         applied_after_snapshot = tail_records,
         segments = report.segments,
-        truncated_tail_bytes = report.truncated_tail_bytes,
+        truncated_tail_bytes,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "WAL replayed"
     );
@@ -479,10 +485,18 @@ impl TailBatch {
 /// to do. Records past the snapshot are queued (bounded: the scan waits when the queue is
 /// full) and applied, in order, once the snapshot is.
 ///
-/// `Ok(None)` when the file is skipped ([`snapshot::verify_listed`]): the scan is stopped and
-/// nothing was applied, so the caller tries an older snapshot or the WAL alone. `Err` when it
-/// verifies but does not apply. Otherwise what opening the WAL gave; a refused tail record is
-/// reported before a WAL error found after it, as in [`replay_wal`].
+/// [`Beside::Skipped`] when the file is skipped ([`snapshot::verify_listed`]): the scan is
+/// stopped and nothing was applied, so the caller tries an older snapshot or the WAL alone. A
+/// scan that had already opened the WAL has done what any open does (erased a torn tail,
+/// among others), and that WAL is closed again. `Err` when it verifies but does not apply.
+/// Otherwise what opening the WAL gave; a refused tail record is reported before a WAL error
+/// found after it, as in [`replay_wal`].
+/// How a start beside one snapshot went, short of an error.
+enum Beside {
+    Replayed(Opened),
+    Skipped { erased_tail_bytes: u64 },
+}
+
 fn replay_beside_snapshot(
     named_seq: u64,
     path: &Path,
@@ -490,7 +504,7 @@ fn replay_beside_snapshot(
     recovered: &mut Recovered,
     tail_records: &mut u64,
     started: Instant,
-) -> Result<Option<Opened>, snapshot::SnapshotError> {
+) -> Result<Beside, snapshot::SnapshotError> {
     let stopped = std::sync::atomic::AtomicBool::new(false);
     let stopped = &stopped;
     std::thread::scope(|scope| {
@@ -522,17 +536,19 @@ fn replay_beside_snapshot(
                 opened
             })
             .expect("spawn the wal-scan thread");
-        // Stops the scan and waits for it; a WAL it opened meanwhile is closed again.
+        // Stops the scan and waits for it (the queue is dropped first: the scan may be waiting
+        // on it); a WAL it opened meanwhile is closed again. Returns the torn-tail bytes that
+        // open erased.
         let stop_scanner = |tail_batches, scanner: std::thread::ScopedJoinHandle<'_, Opened>| {
             stopped.store(true, std::sync::atomic::Ordering::Relaxed);
             drop(tail_batches);
-            drop(join(scanner));
+            join(scanner).map_or(0, |(_, report)| report.truncated_tail_bytes)
         };
         let verified = match snapshot::verify_listed(named_seq, path) {
             Ok(Some(verified)) => verified,
             Ok(None) => {
-                stop_scanner(tail_batches, scanner);
-                return Ok(None);
+                let erased_tail_bytes = stop_scanner(tail_batches, scanner);
+                return Ok(Beside::Skipped { erased_tail_bytes });
             }
             Err(e) => {
                 stop_scanner(tail_batches, scanner);
@@ -558,7 +574,7 @@ fn replay_beside_snapshot(
         });
         drop(tail_batches);
         let scanned = join(scanner);
-        Ok(Some(match (applied, fed) {
+        Ok(Beside::Replayed(match (applied, fed) {
             (Err(refused), _) | (Ok(()), Err(refused)) => Err(wal::OpenError::Callback(refused)),
             (Ok(()), Ok(())) => scanned,
         }))

@@ -51,6 +51,25 @@ fn a_panic_in_a_request_task_stops_the_process() {
     assert!(stderr.contains("voucherd: stopping on a panic"), "{stderr}");
 }
 
+/// The daemon's own code can be made to panic by no input, so that `serve` installs the hook
+/// is checked in its source: before anything else it does, so a panic while the WAL is
+/// replayed or the listeners start is covered too.
+#[test]
+fn serve_installs_the_hook_first() {
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/daemon.rs"),
+    )
+    .expect("read src/daemon.rs");
+    let serve = source.split_once("pub fn serve(").expect("daemon::serve").1;
+    let first_statement = serve
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .find(|line| !line.is_empty() && !line.starts_with("//"))
+        .expect("a statement");
+    assert_eq!(first_statement, "stop_on_panic();");
+}
+
 /// The child: a panic in a spawned task, on a runtime like the daemon's. Without the hook
 /// tokio catches it, the task's handle reports it, and the process goes on.
 fn panic_in_a_task() -> ! {
