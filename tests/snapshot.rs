@@ -147,17 +147,29 @@ fn a_damaged_newest_snapshot_falls_back_to_the_older_one() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
     std::fs::write(&listed[0].1, bytes).expect("write");
-
-    let daemon = start(dir.path(), &snapshot_config());
-    let log = daemon.stderr_text();
-    assert!(
-        log.contains("skipping a snapshot that does not verify"),
-        "{log}"
+    starts_from_the_older_snapshot(
+        dir.path(),
+        listed[1].0,
+        "skipping a snapshot that does not verify",
+        (&acked, &before),
     );
+}
+
+/// Starts the daemon on `dir` and checks that it logged `skipped`, loaded the snapshot that
+/// covers `older_seq`, and holds every acknowledged claim and the stock it had.
+fn starts_from_the_older_snapshot(
+    dir: &Path,
+    older_seq: u64,
+    skipped: &str,
+    (acked, before): (&[Acked], &std::collections::HashMap<String, u64>),
+) {
+    let daemon = start(dir, &snapshot_config());
+    let log = daemon.stderr_text();
+    assert!(log.contains(skipped), "{log}");
     let loaded = line_with(&log, "snapshot loaded");
-    assert_eq!(field(loaded, "covered_seq"), listed[1].0, "{loaded}");
-    assert_eq!(remaining(&daemon, "t1"), before);
-    check_all_present(&daemon, "t1", &acked);
+    assert_eq!(field(loaded, "covered_seq"), older_seq, "{loaded}");
+    assert_eq!(&remaining(&daemon, "t1"), before);
+    check_all_present(&daemon, "t1", acked);
 }
 
 /// A snapshot whose name says it covers another seq than its header is skipped: the start
@@ -171,17 +183,12 @@ fn a_snapshot_named_for_another_seq_is_skipped() {
     let renamed = newest.with_file_name(format!("{:020}.snap", newest_seq + 5));
     std::fs::rename(newest, &renamed).expect("rename");
     assert_eq!(snapshots(dir.path())[0], (newest_seq + 5, renamed));
-
-    let daemon = start(dir.path(), &snapshot_config());
-    let log = daemon.stderr_text();
-    assert!(
-        log.contains(&format!("its name says it covers seq {}", newest_seq + 5)),
-        "{log}"
+    starts_from_the_older_snapshot(
+        dir.path(),
+        listed[1].0,
+        &format!("its name says it covers seq {}", newest_seq + 5),
+        (&acked, &before),
     );
-    let loaded = line_with(&log, "snapshot loaded");
-    assert_eq!(field(loaded, "covered_seq"), listed[1].0, "{loaded}");
-    assert_eq!(remaining(&daemon, "t1"), before);
-    check_all_present(&daemon, "t1", &acked);
 }
 
 #[test]
