@@ -981,18 +981,7 @@ mod tests {
         let defined = |ordinal: u32| {
             journal::encode(&Event::TrancheDefined {
                 ordinal,
-                spec: crate::core::TrancheSpec {
-                    tranche_id: format!("t{ordinal}"),
-                    campaign_id: "c".into(),
-                    opens_at: UnixMillis(0),
-                    closes_at: UnixMillis(10),
-                    expires_at: UnixMillis(10),
-                    face_value_fen: 100,
-                    threshold_fen: 0,
-                    quotas: vec![(crate::core::CountyCode(420502), 5)],
-                    redeem_anywhere_in_city: false,
-                    industries: Vec::new(),
-                },
+                spec: crate::core::TrancheSpec::for_tests(&format!("t{ordinal}")),
             })
         };
         // Claims are measured and their keys counted, not decoded: "t0" and "t7" take two

@@ -648,19 +648,7 @@ mod tests {
     use crate::core::tranche::{ExpectedClaims, TrancheSpec};
 
     fn book(key: DigestKey) -> TrancheBook {
-        let spec = TrancheSpec {
-            tranche_id: "t".into(),
-            campaign_id: "c".into(),
-            opens_at: UnixMillis(0),
-            closes_at: UnixMillis(10),
-            expires_at: UnixMillis(10),
-            face_value_fen: 100,
-            threshold_fen: 0,
-            quotas: vec![(CountyCode(420502), 5)],
-            redeem_anywhere_in_city: false,
-            industries: Vec::new(),
-        };
-        TrancheBook::new(0, spec, key, 1)
+        TrancheBook::new(0, TrancheSpec::for_tests("t"), key, 1)
     }
 
     fn claim(user: &str) -> VoucherClaimed {

@@ -83,6 +83,24 @@ pub struct SpecError {
 }
 
 impl TrancheSpec {
+    /// A small valid tranche for unit tests: five vouchers of 100 fen in 西陵区, open from
+    /// time 0 to 10, campaign "c".
+    #[cfg(test)]
+    pub(crate) fn for_tests(tranche_id: &str) -> TrancheSpec {
+        TrancheSpec {
+            tranche_id: tranche_id.into(),
+            campaign_id: "c".into(),
+            opens_at: UnixMillis(0),
+            closes_at: UnixMillis(10),
+            expires_at: UnixMillis(10),
+            face_value_fen: 100,
+            threshold_fen: 0,
+            quotas: vec![(CountyCode(420502), 5)],
+            redeem_anywhere_in_city: false,
+            industries: Vec::new(),
+        }
+    }
+
     /// Checks the relations between fields. Returns every problem, not just the first.
     pub fn validate(&self) -> Result<(), Vec<SpecError>> {
         let mut errors = Vec::new();
