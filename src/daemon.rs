@@ -310,7 +310,8 @@ async fn bind(config: &Config) -> std::io::Result<(TcpListener, TcpListener)> {
 fn recover(config: &Config, regions: RegionIndex) -> Result<(Dispenser, u64), i32> {
     let started = Instant::now();
     let digest_key = DigestKey::new(rand::random(), rand::random());
-    let mut recovered = Recovered::new(digest_key);
+    let mut recovered =
+        Recovered::with_presize_budget(digest_key, config.storage.presize_budget_vouchers);
     let snapshots = snapshot::directory(&config.storage.data_dir);
     let listed = match snapshot::list(&snapshots) {
         Ok(listed) => listed,

@@ -325,9 +325,20 @@ pub struct Recovered {
 pub const REPLAY_RUN_CLAIMS: usize = 64;
 
 impl Recovered {
+    /// Empty state, its tranches presized within
+    /// [`crate::core::catalog::DEFAULT_PRESIZE_BUDGET_VOUCHERS`].
     pub fn new(digest_key: DigestKey) -> Recovered {
+        Recovered::with_presize_budget(
+            digest_key,
+            crate::core::catalog::DEFAULT_PRESIZE_BUDGET_VOUCHERS,
+        )
+    }
+
+    /// Empty state; its tranches are presized for `presize_budget_vouchers` at most, together
+    /// (`storage.presize_budget_vouchers`).
+    pub fn with_presize_budget(digest_key: DigestKey, presize_budget_vouchers: u64) -> Recovered {
         Recovered {
-            catalog: Catalog::default(),
+            catalog: Catalog::with_presize_budget(presize_budget_vouchers),
             orders: OrderBook::new(digest_key),
             digest_key,
             merchants: MerchantRegistry::default(),
@@ -342,7 +353,7 @@ impl Recovered {
 
     /// Sizes hints for tranches defined from here on: how many claims of each (by ordinal)
     /// the records about to be applied hold. A snapshot counts them while it is verified;
-    /// see [`TrancheBook::with_expected_claims`]. Hints change sizes only, never an answer.
+    /// see [`TrancheBook::with_sizes`]. Hints change sizes only, never an answer.
     pub fn expect_claims(
         &mut self,
         claims_by_ordinal: std::collections::BTreeMap<u32, ExpectedClaims>,
@@ -523,15 +534,21 @@ impl Recovered {
                         .map_err(|_| conflict(ReplayConflict::TooManyTranches))?;
                     let id = spec.tranche_id.clone();
                     let expected = self.expected_claims.remove(&ordinal).unwrap_or_default();
-                    let book = TrancheBook::with_expected_claims(
+                    let presized = spec.presized_vouchers(self.catalog.presize_allowance());
+                    let book = TrancheBook::with_sizes(
                         ordinal,
                         spec,
                         self.digest_key,
                         seq,
+                        presized,
                         expected,
                     );
-                    self.catalog
-                        .apply_new_tranche(ordinal, &id, Arc::new(Mutex::new(book)));
+                    self.catalog.apply_new_tranche(
+                        ordinal,
+                        &id,
+                        Arc::new(Mutex::new(book)),
+                        presized,
+                    );
                 } else {
                     let shard = self.catalog.tranche_by_ordinal(ordinal).ok_or_else(|| {
                         conflict(ReplayConflict::OrdinalSkipsAhead { ordinal, next })
@@ -892,15 +909,28 @@ impl Dispenser {
             spec: spec.clone(),
         })?;
         let id = spec.tranche_id.clone();
+        let presized = spec.presized_vouchers(catalog.presize_allowance());
+        if presized < spec.presized_vouchers(u64::MAX) {
+            tracing::warn!(
+                tranche = %id,
+                presized_vouchers = presized,
+                quota = spec.total_quota(),
+                budget_vouchers = catalog.presize_budget_vouchers(),
+                "tranche presized for less than its quota: the presize budget over all tranches is used, so its indexes grow as its claims arrive"
+            );
+        }
         catalog.apply_new_tranche(
             ordinal,
             &id,
-            Arc::new(Mutex::new(TrancheBook::new(
+            Arc::new(Mutex::new(TrancheBook::with_sizes(
                 ordinal,
                 spec,
                 self.digest_key,
                 seq,
+                presized,
+                ExpectedClaims::default(),
             ))),
+            presized,
         );
         Ok((Defined::Created, durability))
     }

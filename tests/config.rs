@@ -75,6 +75,19 @@ quotas = { "420502" = 10 }
 
     let stderr = refused(
         dir.path(),
+        &good.replacen(
+            "[regions]",
+            "presize_budget_vouchers = 100000000000\n\n[regions]",
+            1,
+        ),
+    );
+    assert!(
+        stderr.contains("storage.presize_budget_vouchers"),
+        "{stderr}"
+    );
+
+    let stderr = refused(
+        dir.path(),
         &good.replace("VOUCHERD_TEST_ADMIN_TOKEN", "VOUCHERD_UNSET_VARIABLE"),
     );
     assert!(

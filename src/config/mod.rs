@@ -83,6 +83,8 @@ pub struct StorageConfig {
     pub checkpoint_every_records: u64,
     pub checkpoint_check_interval: Duration,
     pub writer: WalWriter,
+    /// See [`crate::core::catalog::DEFAULT_PRESIZE_BUDGET_VOUCHERS`].
+    pub presize_budget_vouchers: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -391,6 +393,12 @@ impl Validator {
             10,
             3_600_000,
         );
+        self.range(
+            "storage.presize_budget_vouchers",
+            raw.presize_budget_vouchers,
+            0,
+            crate::core::catalog::MAX_PRESIZE_BUDGET_VOUCHERS,
+        );
         Some(StorageConfig {
             data_dir: self.path(&raw.data_dir),
             segment_size_bytes: raw.segment_size_bytes,
@@ -403,6 +411,7 @@ impl Validator {
                 raw::RawWalWriter::IoUring => WalWriter::IoUring,
                 raw::RawWalWriter::Auto => WalWriter::Auto,
             },
+            presize_budget_vouchers: raw.presize_budget_vouchers,
         })
     }
 

@@ -116,6 +116,14 @@ pub struct RawStorage {
     /// WAL writer: "mmap", "io_uring" or "auto" (the default: the faster safe writer).
     #[serde(default)]
     pub writer: RawWalWriter,
+    /// Vouchers all tranches together have their in-memory indexes made for when they are
+    /// defined (each up to 1,048,576, its quota); later tranches grow theirs as claims arrive.
+    #[serde(default = "default_presize_budget_vouchers")]
+    pub presize_budget_vouchers: u64,
+}
+
+fn default_presize_budget_vouchers() -> u64 {
+    crate::core::catalog::DEFAULT_PRESIZE_BUDGET_VOUCHERS
 }
 
 fn default_checkpoint_every_records() -> u64 {

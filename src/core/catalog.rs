@@ -11,6 +11,17 @@ use super::event::CampaignSpec;
 
 pub const MAX_CAMPAIGNS: usize = 1_000;
 pub const MAX_TRANCHES: usize = 10_000;
+/// Vouchers that all tranches together have their arrays made for when they are defined
+/// ([`super::tranche::TrancheSpec::presized_vouchers`]), unless the config says otherwise
+/// (`storage.presize_budget_vouchers`): eight tranches at the per-tranche cap, about 1.8 GiB
+/// of indexes and statuses written at definition. Past it, a new tranche starts small and
+/// its arrays grow as its claims arrive, as a tranche past its presized size does. Without
+/// it, the 10,000 tranches allowed could ask for 192 MiB each, 1.9 TB, from an admin's
+/// definitions or from a forged data directory, before anything else was checked. Sizes
+/// only, never answers.
+pub const DEFAULT_PRESIZE_BUDGET_VOUCHERS: u64 = 8 * super::tranche::PRESIZED_VOUCHERS_MAX;
+/// The largest presize budget a config may set: 64 tranches at the cap, about 14 GiB.
+pub const MAX_PRESIZE_BUDGET_VOUCHERS: u64 = 64 * super::tranche::PRESIZED_VOUCHERS_MAX;
 
 /// A campaign as the catalog holds it.
 pub type Campaign = CampaignSpec;
@@ -27,14 +38,27 @@ pub struct Catalog<T> {
     campaigns: BTreeMap<String, Campaign>,
     ordinal_by_id: HashMap<String, u32>,
     tranches: Vec<T>,
+    /// Vouchers all tranches may be presized for ([`DEFAULT_PRESIZE_BUDGET_VOUCHERS`]).
+    presize_budget_vouchers: u64,
+    /// Vouchers the tranches so far were presized for; at most `presize_budget_vouchers`.
+    presized_vouchers: u64,
 }
 
 impl<T> Default for Catalog<T> {
     fn default() -> Self {
+        Catalog::with_presize_budget(DEFAULT_PRESIZE_BUDGET_VOUCHERS)
+    }
+}
+
+impl<T> Catalog<T> {
+    /// An empty catalog whose tranches are presized for `budget_vouchers` at most, together.
+    pub fn with_presize_budget(budget_vouchers: u64) -> Catalog<T> {
         Catalog {
             campaigns: BTreeMap::new(),
             ordinal_by_id: HashMap::new(),
             tranches: Vec::new(),
+            presize_budget_vouchers: budget_vouchers,
+            presized_vouchers: 0,
         }
     }
 }
@@ -92,8 +116,30 @@ impl<T> Catalog<T> {
         }
     }
 
-    /// Adds a tranche under the next ordinal, which must be `ordinal`.
-    pub fn apply_new_tranche(&mut self, ordinal: u32, tranche_id: &str, tranche: T) {
+    /// What is left of the presize budget: the `allowance` for the next tranche's
+    /// [`super::tranche::TrancheSpec::presized_vouchers`].
+    pub fn presize_allowance(&self) -> u64 {
+        self.presize_budget_vouchers - self.presized_vouchers
+    }
+
+    /// The presize budget (vouchers, over all tranches).
+    pub fn presize_budget_vouchers(&self) -> u64 {
+        self.presize_budget_vouchers
+    }
+
+    /// Adds a tranche under the next ordinal, which must be `ordinal`, made with arrays for
+    /// `presized_vouchers` (at most [`Self::presize_allowance`]).
+    pub fn apply_new_tranche(
+        &mut self,
+        ordinal: u32,
+        tranche_id: &str,
+        tranche: T,
+        presized_vouchers: u64,
+    ) {
+        assert!(
+            presized_vouchers <= self.presize_allowance(),
+            "tranche {tranche_id} presized past the catalog's budget"
+        );
         assert_eq!(
             ordinal as usize,
             self.tranches.len(),
@@ -105,6 +151,7 @@ impl<T> Catalog<T> {
             "tranche {tranche_id} defined twice as new"
         );
         self.tranches.push(tranche);
+        self.presized_vouchers += presized_vouchers;
     }
 }
 

@@ -651,6 +651,12 @@ mod tests {
         TrancheBook::new(0, TrancheSpec::for_tests("t"), key, 1)
     }
 
+    /// A tranche presized as [`TrancheBook::new`] makes it, told that `expected` follows.
+    fn hinted_book(spec: &TrancheSpec, key: DigestKey, expected: ExpectedClaims) -> TrancheBook {
+        let presized = spec.presized_vouchers(u64::MAX);
+        TrancheBook::with_sizes(0, spec.clone(), key, 1, presized, expected)
+    }
+
     fn claim(user: &str) -> VoucherClaimed {
         VoucherClaimed::new(ClaimFields {
             tranche_id: "t",
@@ -698,7 +704,7 @@ mod tests {
             claims,
             identity_keys: claims,
         };
-        let mut hinted = TrancheBook::with_expected_claims(0, spec.clone(), key, 1, hint(600_000));
+        let mut hinted = hinted_book(&spec, key, hint(600_000));
         for book in [&mut plain, &mut hinted] {
             let run = [(2, claim("a")), (3, claim("bb")), (4, claim("ccc"))]
                 .map(|(seq, c)| (seq, DigestedClaim::new(key, c)));
@@ -719,7 +725,7 @@ mod tests {
         assert!(plain.voucher_by_random.eventual_capacity() < 600_000);
         assert!(hinted.voucher_by_random.eventual_capacity() >= 600_000);
         // A count past twice the quota is not believed.
-        let doubted = TrancheBook::with_expected_claims(0, spec.clone(), key, 1, hint(50_000_000));
+        let doubted = hinted_book(&spec, key, hint(50_000_000));
         assert_eq!(
             doubted.voucher_by_random.eventual_capacity(),
             hinted.voucher_by_random.eventual_capacity()
@@ -727,11 +733,9 @@ mod tests {
         // The holders index is made for the keys counted (presized for 4 keys per voucher of
         // the quota, 1.2 M), and never for more than 4 per believed claim.
         let keys = |claims: u64, identity_keys: u64| {
-            TrancheBook::with_expected_claims(
-                0,
-                spec.clone(),
+            hinted_book(
+                &spec,
                 key,
-                1,
                 ExpectedClaims {
                     claims,
                     identity_keys,

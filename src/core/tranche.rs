@@ -35,8 +35,9 @@ pub const MAX_INDUSTRY_BYTES: usize = 64;
 /// when it is defined, so neither the release burst nor a replay pays for
 /// growing them. At the cap the three indexes take 192 MiB (16-byte slots, at
 /// most half full); a bigger tranche grows them by doubling past it, spread
-/// over the inserts that follow (`DigestIndex`, "Retiring").
-const PRESIZED_VOUCHERS_MAX: u64 = 1 << 20;
+/// over the inserts that follow (`DigestIndex`, "Retiring"). All tranches together
+/// presize at most the catalog's budget ([`super::catalog::DEFAULT_PRESIZE_BUDGET_VOUCHERS`]).
+pub const PRESIZED_VOUCHERS_MAX: u64 = 1 << 20;
 /// Identity keys presized per voucher: every key a claim may carry
 /// ([`MAX_KEYS_PER_IDENTITY`]). With two (user ID plus one more), platforms that
 /// send all four keys grew the holders index at half the presized vouchers, in
@@ -48,7 +49,7 @@ const PRESIZED_KEYS_PER_VOUCHER: usize = MAX_KEYS_PER_IDENTITY;
 const MAX_VOUCHER_ID_ATTEMPTS: u32 = 64;
 
 /// What a restart knows of the claims that follow a tranche's definition (a snapshot counts
-/// them while it is verified): a sizes hint for [`TrancheBook::with_expected_claims`].
+/// them while it is verified): a sizes hint for [`TrancheBook::with_sizes`].
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExpectedClaims {
     pub claims: u64,
@@ -189,6 +190,14 @@ impl TrancheSpec {
 
     pub fn total_quota(&self) -> u64 {
         self.quotas.iter().map(|(_, q)| u64::from(*q)).sum()
+    }
+
+    /// Vouchers a new tranche of this spec makes its arrays for when it is defined: its whole
+    /// quota, up to [`PRESIZED_VOUCHERS_MAX`] and up to `allowance` (what is left of the
+    /// catalog's presize budget, [`super::catalog::Catalog::presize_allowance`]). Sizes only,
+    /// never answers.
+    pub fn presized_vouchers(&self, allowance: u64) -> u64 {
+        self.total_quota().min(PRESIZED_VOUCHERS_MAX).min(allowance)
     }
 }
 
@@ -351,30 +360,47 @@ pub enum LogEntry {
 impl TrancheBook {
     /// A new tranche from a spec that passed [`TrancheSpec::validate`],
     /// defined by the WAL record `seq`.
+    /// Its arrays are made for its whole quota up to [`PRESIZED_VOUCHERS_MAX`], outside any
+    /// catalog's budget: for tests, benches and the simulation.
     pub fn new(ordinal: u32, spec: TrancheSpec, digest_key: DigestKey, seq: u64) -> TrancheBook {
-        TrancheBook::with_expected_claims(ordinal, spec, digest_key, seq, ExpectedClaims::default())
+        let presized = spec.presized_vouchers(u64::MAX);
+        TrancheBook::with_sizes(
+            ordinal,
+            spec,
+            digest_key,
+            seq,
+            presized,
+            ExpectedClaims::default(),
+        )
     }
 
-    /// [`Self::new`] for a restart that knows the claims of this tranche that follow, and
+    /// A new tranche whose arrays are made for `presized_vouchers` now (what
+    /// [`TrancheSpec::presized_vouchers`] gave for the catalog's budget left; at most the
+    /// quota), and, for a restart that knows the claims of this tranche that follow, and
     /// their identity keys (a snapshot counts them while it is verified): each index is made
     /// at the size those claims need, once, instead of doubling its way there from the
     /// presized size (the holders index for the keys counted, so claims with one key, or with
     /// all four, make it no bigger than they need and do not double it either). At
     /// 10 M claims that doubling wrote about 1.9 GB of arrays that were then thrown away, and
     /// re-placed every key at each step. A hint changes sizes only, never an answer.
-    pub fn with_expected_claims(
+    pub fn with_sizes(
         ordinal: u32,
         spec: TrancheSpec,
         digest_key: DigestKey,
         seq: u64,
+        presized_vouchers: u64,
         expected: ExpectedClaims,
     ) -> TrancheBook {
         assert!(
             spec.validate().is_ok(),
             "tranche spec must be validated before use"
         );
+        assert!(
+            presized_vouchers <= spec.presized_vouchers(u64::MAX),
+            "a tranche is presized for at most its quota, up to PRESIZED_VOUCHERS_MAX"
+        );
         let counties = stock_for(&spec);
-        let presized = spec.total_quota().min(PRESIZED_VOUCHERS_MAX) as usize;
+        let presized = presized_vouchers as usize;
         // A hint comes from a file, so it is not believed past twice the quota (pool draws can
         // add to a county's stock, rarely that much); past it, the index grows as it would
         // without a hint. The quota comes from the same file, so this alone does not bound a

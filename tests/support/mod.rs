@@ -80,6 +80,8 @@ pub struct TestConfig {
     pub checkpoint_check_interval_ms: u64,
     /// `storage.writer`; `None` leaves the daemon's default.
     pub wal_writer: Option<&'static str>,
+    /// `storage.presize_budget_vouchers`; `None` leaves the daemon's default.
+    pub presize_budget_vouchers: Option<u64>,
     pub extra: String,
 }
 
@@ -93,6 +95,7 @@ impl Default for TestConfig {
             checkpoint_every_records: 1_000_000,
             checkpoint_check_interval_ms: 5_000,
             wal_writer: None,
+            presize_budget_vouchers: None,
             extra: String::new(),
         }
     }
@@ -141,6 +144,13 @@ budget_fen = 100000000000
             s = s.replacen(
                 "[regions]",
                 &format!("writer = \"{writer}\"\n\n[regions]"),
+                1,
+            );
+        }
+        if let Some(budget) = self.presize_budget_vouchers {
+            s = s.replacen(
+                "[regions]",
+                &format!("presize_budget_vouchers = {budget}\n\n[regions]"),
                 1,
             );
         }
@@ -302,6 +312,10 @@ impl Daemon {
     }
 
     /// SIGKILL: the crash case.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn kill(mut self) {
         self.child.kill().expect("kill");
         self.child.wait().expect("wait");
