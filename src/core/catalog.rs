@@ -13,8 +13,8 @@ pub const MAX_CAMPAIGNS: usize = 1_000;
 pub const MAX_TRANCHES: usize = 10_000;
 /// Vouchers that all tranches together have their arrays made for when they are defined
 /// ([`super::tranche::TrancheSpec::presized_vouchers`]), unless the config says otherwise
-/// (`storage.presize_budget_vouchers`): eight tranches at the per-tranche cap, about 1.8 GiB
-/// of indexes and statuses written at definition. Past it, a new tranche starts small and
+/// (`storage.presize_budget_vouchers`): eight tranches at the per-tranche cap, 1.5 GiB
+/// of indexes written at definition. Past it, a new tranche starts small and
 /// its arrays grow as its claims arrive, as a tranche past its presized size does. Without
 /// it, the 10,000 tranches allowed could ask for 192 MiB each, 1.9 TB, from an admin's
 /// definitions or from a forged data directory, before anything else was checked. Sizes
