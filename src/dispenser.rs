@@ -35,9 +35,9 @@ use crate::core::merchant::{Assembled, ImportAssembler, MerchantPage};
 use crate::core::{
     CampaignSpec, Catalog, CatalogError, ClaimCommand, ClaimDecision, ControlDecision, CountyCode,
     DigestKey, DigestedClaim, Event, ExpectedClaims, IdentityKeys, ImportRow, Location, Merchant,
-    MerchantFilter, MerchantRegistry, MerchantRules, MerchantStatus, RedemptionId, Refusal,
-    RowErrors, StatusCounts, TrancheBook, TrancheControl, TrancheSpec, TrancheState, UnixMillis,
-    UnknownMerchant, VoucherId,
+    MerchantFilter, MerchantRegistry, MerchantRules, MerchantStatus, RedefineConflict,
+    RedemptionId, Refusal, RowErrors, StatusCounts, TrancheBook, TrancheControl, TrancheSpec,
+    TrancheState, UnixMillis, UnknownMerchant, VoucherId,
 };
 use crate::geo::RegionIndex;
 mod lifecycle;
@@ -196,6 +196,13 @@ pub enum AdminError {
     RefundPolicyLocked,
     /// A per-county draw names a county the tranche has no quota for.
     CountyNotInTranche,
+    /// Vouchers were drawn from the pool into this scheduled tranche; redefining it would
+    /// drop them.
+    DrewFromPool,
+    /// A draw would take a county's quota past what a quota can count (`u32`).
+    QuotaOverflow {
+        county: CountyCode,
+    },
     Unavailable(AppendError),
 }
 
@@ -299,6 +306,23 @@ pub struct MerchantListing {
 struct MerchantShard {
     registry: MerchantRegistry,
     last_seq: u64,
+}
+
+/// Asserts that replay would accept `event` on `book` as it stands: what the live path
+/// calls, under the tranche's lock, between deciding an event and appending it.
+///
+/// Why: a record replay refuses stops every later start (exit 65) until someone edits the
+/// WAL by hand. Each `decide_*` is meant to allow only what replay's checks accept; where
+/// one does not (a bug), this stops the process *before* the record is appended, so the
+/// supervisor's restart replays a WAL without it, instead of an `apply_*` assertion firing
+/// after it was appended.
+fn assert_replayable(book: &TrancheBook, event: &Event) {
+    if let Err(conflict) = book.check_event_content(event) {
+        panic!(
+            "decided an event that replay would refuse ({conflict}); not appended: {}",
+            journal::kind_name(journal::kind_of(event))
+        );
+    }
 }
 
 /// State rebuilt from the WAL, before the WAL is open for appends.
@@ -875,7 +899,10 @@ impl Dispenser {
                 return Ok((Defined::Unchanged, self.settled_so_far()?));
             }
             book.decide_redefine(now)
-                .map_err(|_| AdminError::AlreadyOpened)?;
+                .map_err(|conflict| match conflict {
+                    RedefineConflict::AlreadyOpened => AdminError::AlreadyOpened,
+                    RedefineConflict::DrewFromPool => AdminError::DrewFromPool,
+                })?;
             // The old definition's release goes back before the new one is taken.
             let available_fen = ledger.unreleased_fen
                 + if book.spec().campaign_id == spec.campaign_id {
@@ -893,6 +920,7 @@ impl Dispenser {
                 ordinal: book.ordinal(),
                 spec,
             };
+            assert_replayable(&book, &event);
             let (seq, durability) = self.append(&event)?;
             book.apply_event(Arc::new(event), seq);
             return Ok((Defined::Replaced, durability));
@@ -952,6 +980,7 @@ impl Dispenser {
                     control,
                     at: now,
                 };
+                assert_replayable(&book, &event);
                 let (seq, durability) = self.append(&event)?;
                 book.apply_event(Arc::new(event), seq);
                 durability
@@ -1267,6 +1296,20 @@ fn geo_crs(crs: crate::core::Crs) -> crate::geo::Crs {
 mod tests {
     use super::*;
     use crate::core::MerchantStatusChanged;
+
+    /// The live path's last check: an event replay would refuse stops the process before
+    /// it is appended (here, an expiry settled before the closing).
+    #[test]
+    #[should_panic(expected = "replay would refuse")]
+    fn an_event_replay_would_refuse_is_never_appended() {
+        let book = TrancheBook::new(0, TrancheSpec::for_tests("t"), DigestKey::new(1, 2), 1);
+        let settled_out_of_order = Event::TrancheSettled {
+            tranche_id: "t".into(),
+            settlement: crate::core::event::Settlement::Expired,
+            at: UnixMillis(20),
+        };
+        assert_replayable(&book, &settled_out_of_order);
+    }
 
     fn merchants(range: std::ops::Range<usize>) -> Vec<Merchant> {
         range

@@ -202,6 +202,97 @@ fn closing_returns_unclaimed_stock_and_the_pool_can_be_drawn() {
     assert_eq!(claimed, 10);
 }
 
+/// Draws and redefinitions that replay would refuse are refused when asked, with a typed
+/// answer, and never reach the WAL: found by review, each of these used to append its record
+/// and then stop the daemon on an assertion, and every restart after it exited 65.
+#[test]
+fn what_replay_would_refuse_is_refused_before_it_is_logged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = start(dir.path(), &lifecycle_config());
+    let now = chrono::Utc::now();
+    let hour = chrono::Duration::hours(1);
+    // Already over: 50 unclaimed vouchers of 1,000,000 yuan put 5 * 10^9 fen in the pool.
+    let mut over = tranche_body(now - hour * 2, now - hour, &[(420502, 50)]);
+    over["face_value_fen"] = json!(100_000_000u64);
+    over["threshold_fen"] = json!(0);
+    daemon.create_tranche("over", &over);
+    wait_for_pool(&daemon, "c1", 5_000_000_000);
+
+    let mut a = daemon.admin_client();
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let draw = |a: &mut Client, tranche: &str, body: Value| {
+        a.request(
+            "POST",
+            &format!("/admin/v1/tranches/{tranche}/draw"),
+            &[("authorization", &auth)],
+            Some(body.to_string().as_bytes()),
+        )
+    };
+
+    // A scheduled tranche that drew from the pool can no longer be redefined.
+    let later = tranche_body(now + hour, now + hour * 2, &[(420502, 5)]);
+    daemon.create_tranche("later", &later);
+    let r = draw(&mut a, "later", json!({"vouchers": 1}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut fixed = later.clone();
+    fixed["quotas"] = json!({"420502": 6});
+    let r = a.put_admin("/admin/v1/tranches/later", &fixed);
+    assert_eq!(
+        (r.status, r.json()["outcome"].clone()),
+        (409, json!("drew_from_pool")),
+        "{}",
+        r.text()
+    );
+
+    // A per-county draw names each county once, and adds at most 10,000,000 vouchers.
+    let mut tiny = open_tranche_body(&[(420502, 10)]);
+    tiny["face_value_fen"] = json!(1);
+    tiny["threshold_fen"] = json!(0);
+    daemon.create_tranche("tiny", &tiny);
+    for (body, field) in [
+        (
+            json!({"quotas": {"420502": 1, "0420502": 1}}),
+            "quotas.420502",
+        ),
+        (json!({"quotas": {"420502": u32::MAX}}), "quotas.420502"),
+    ] {
+        let r = draw(&mut a, "tiny", body.clone());
+        assert_eq!(
+            (r.status, r.json()["error"]["field"].clone()),
+            (400, json!(field)),
+            "{body}: {}",
+            r.text()
+        );
+    }
+    // Draws of the most allowed, until one would take the county's quota past u32::MAX.
+    let mut quota = 10u64;
+    loop {
+        let r = draw(&mut a, "tiny", json!({"quotas": {"420502": 10_000_000}}));
+        if quota + 10_000_000 > u64::from(u32::MAX) {
+            assert_eq!(
+                (r.status, r.json()["error"]["field"].clone()),
+                (422, json!("quotas.420502")),
+                "{}",
+                r.text()
+            );
+            break;
+        }
+        assert_eq!(r.status, 200, "quota {quota}: {}", r.text());
+        quota += 10_000_000;
+        assert_eq!(r.json()["tranche"]["quota"], quota);
+    }
+    let without_time = |mut l: Value| {
+        l.as_object_mut().expect("ledger").remove("as_of");
+        l
+    };
+    let before = without_time(ledger(&daemon, "c1"));
+    assert_eq!(daemon.terminate().code(), Some(0), "clean stop");
+
+    // Everything logged replays.
+    let daemon = start(dir.path(), &lifecycle_config());
+    assert_eq!(without_time(ledger(&daemon, "c1")), before);
+}
+
 #[test]
 fn revocation_by_voucher_and_identity_recovers_to_the_pool() {
     let dir = tempfile::tempdir().expect("tempdir");

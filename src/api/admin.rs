@@ -280,6 +280,22 @@ pub(super) fn admin_error(app: &App, error: AdminError) -> Reply {
             "invalid_request",
             Some(("quotas", "a county the tranche has no quota for")),
         ),
+        AdminError::DrewFromPool => (
+            StatusCode::CONFLICT,
+            "drew_from_pool",
+            Some((
+                "tranche_id",
+                "vouchers were drawn from the pool into this tranche; a new definition would drop them, so it can no longer be replaced",
+            )),
+        ),
+        AdminError::QuotaOverflow { county } => {
+            let mut body = OutcomeBody::outcome("invalid_request");
+            body.error = Some(FieldError::new(
+                format!("quotas.{}", county.0),
+                format!("the draw would take this county's quota past {}", u32::MAX),
+            ));
+            return json(StatusCode::UNPROCESSABLE_ENTITY, &body);
+        }
         AdminError::Unavailable(crate::wal::AppendError::QueueFull { .. }) => {
             return super::overloaded();
         }

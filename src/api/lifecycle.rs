@@ -26,8 +26,7 @@ pub const MAX_REFERENCE_BYTES: usize = 64;
 pub const MAX_REASON_BYTES: usize = 500;
 /// Largest order amount accepted: one million yuan.
 pub const MAX_ORDER_AMOUNT_FEN: u64 = 100_000_000;
-/// Most vouchers one pool draw may add.
-pub const MAX_DRAW_VOUCHERS: u64 = 10_000_000;
+pub use crate::core::lifecycle::MAX_DRAW_VOUCHERS;
 
 fn invalid(error: FieldError) -> Reply {
     let mut body = OutcomeBody::outcome("invalid_request");
@@ -298,11 +297,23 @@ pub async fn draw(app: &App, tranche_id: &str, body: &[u8]) -> Reply {
             format!("must be between 1 and {MAX_DRAW_VOUCHERS}"),
         )),
         (None, Some(q)) => {
-            let mut list = Vec::new();
+            let mut list: Vec<(CountyCode, u32)> = Vec::new();
+            let mut total = 0u64;
             for (code, n) in q {
+                let field = || format!("quotas.{code}");
                 let c = code
                     .parse::<u32>()
-                    .map_err(|_| FieldError::new(format!("quotas.{code}"), "not a county code"))?;
+                    .map_err(|_| FieldError::new(field(), "not a county code"))?;
+                if list.iter().any(|(seen, _)| seen.0 == c) {
+                    return Err(FieldError::new(field(), "names a county already listed"));
+                }
+                total += u64::from(n);
+                if total > MAX_DRAW_VOUCHERS {
+                    return Err(FieldError::new(
+                        field(),
+                        format!("a draw adds at most {MAX_DRAW_VOUCHERS} vouchers in all"),
+                    ));
+                }
                 list.push((CountyCode(c), n));
             }
             Ok(PoolRequest::PerCounty(list))

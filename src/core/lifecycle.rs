@@ -615,6 +615,10 @@ impl TrancheBook {
     }
 }
 
+/// Most vouchers one pool draw may add: an admin's draw, or a campaign's rollover (which
+/// leaves any more in the pool). Bounds the draw's value in fen far below what `u64` counts.
+pub const MAX_DRAW_VOUCHERS: u64 = 10_000_000;
+
 /// Spreads `vouchers` over the counties in proportion to their quotas
 /// (largest remainder, ties to the lower code). Pure and exact.
 pub fn spread_by_quota(quotas: &[(CountyCode, u32)], vouchers: u64) -> Vec<(CountyCode, u32)> {

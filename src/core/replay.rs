@@ -359,6 +359,18 @@ impl TrancheBook {
             ));
         }
         self.check_order(seq)?;
+        self.check_event_content(event)
+    }
+
+    /// [`Self::check_event`] but for the order of seqs: what the live path asks before it
+    /// appends a decided event, so that nothing a restart would refuse ever reaches the WAL
+    /// (see `Dispenser::assert_replayable`).
+    pub fn check_event_content(&self, event: &Event) -> Result<(), ReplayConflict> {
+        if event.tranche_id() != Some(self.spec.tranche_id.as_str()) {
+            return Err(ReplayConflict::UnknownTranche(
+                event.tranche_id().unwrap_or_default().to_owned(),
+            ));
+        }
         match event {
             Event::TrancheDefined { ordinal, spec } => {
                 if *ordinal != self.ordinal {

@@ -309,7 +309,10 @@ pub enum ControlDecision {
 /// Why a tranche cannot be redefined.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum RedefineConflict {
+    /// It has opened, issued vouchers or been settled.
     AlreadyOpened,
+    /// Vouchers were added to it from the campaign pool: a new spec would drop them.
+    DrewFromPool,
 }
 
 /// The complete state of one tranche.
@@ -659,10 +662,17 @@ impl TrancheBook {
         }
     }
 
-    /// A tranche may be replaced only while it is still scheduled and empty.
+    /// A tranche may be replaced only while it is still scheduled, empty, unsettled and
+    /// without pool draws: what replay accepts (`check_redefine`), and before it opens.
     pub fn decide_redefine(&self, now: UnixMillis) -> Result<(), RedefineConflict> {
-        if now >= self.spec.opens_at || !self.vouchers.is_empty() || self.closed_settled {
+        if now >= self.spec.opens_at
+            || !self.vouchers.is_empty()
+            || self.closed_settled
+            || self.expired_settled
+        {
             Err(RedefineConflict::AlreadyOpened)
+        } else if self.money.drawn_from_pool_fen != 0 {
+            Err(RedefineConflict::DrewFromPool)
         } else {
             Ok(())
         }

@@ -8,15 +8,17 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
-use super::{AdminError, Dispenser, Durability, Shard, TrancheView};
+use super::{AdminError, Dispenser, Durability, Shard, TrancheView, assert_replayable};
 use crate::core::event::{PoolDrawn, Rollover};
 use crate::core::identity::IdentityKeyKind;
 use crate::core::lifecycle::{
-    Ledger, MerchantFacts, RedeemCommand, RedeemRefusal, RefundDecision, RefundRecord,
-    RefundRefusal, VoucherState, spread_by_quota,
+    Ledger, MAX_DRAW_VOUCHERS, MerchantFacts, RedeemCommand, RedeemRefusal, RefundDecision,
+    RefundRecord, RefundRefusal, VoucherState, spread_by_quota,
 };
 use crate::core::orders::{OrderEntry, OrderLookup};
-use crate::core::{CountyCode, Event, RedemptionId, TrancheBook, UnixMillis, VoucherId};
+use crate::core::{
+    CountyCode, Event, RedemptionId, ReplayConflict, TrancheBook, UnixMillis, VoucherId,
+};
 use crate::journal;
 use crate::wal::AppendError;
 
@@ -188,6 +190,7 @@ impl Dispenser {
         };
         let random = event.redemption_random;
         let event = Event::VoucherRedeemed(event);
+        assert_replayable(&book, &event);
         let (seq, durability) = match self.append_event(&event) {
             Ok(pair) => pair,
             Err(e) => return RedeemOutcome::Unavailable(e),
@@ -258,6 +261,7 @@ impl Dispenser {
             }
             Ok(RefundDecision::Apply(event)) => {
                 let event = Event::RedemptionRefunded(event);
+                assert_replayable(&book, &event);
                 let (seq, durability) = match self.append_event(&event) {
                     Ok(pair) => pair,
                     Err(e) => return RefundOutcome::Unavailable(e),
@@ -338,6 +342,7 @@ impl Dispenser {
                 .sum::<u64>();
             for chunk in split_revocation(event) {
                 let event = Event::VouchersRevoked(chunk);
+                assert_replayable(&book, &event);
                 let (seq, durability) =
                     self.append_event(&event).map_err(AdminError::Unavailable)?;
                 book.apply_event(Arc::new(event), seq);
@@ -366,6 +371,7 @@ impl Dispenser {
                     settlement,
                     at: now,
                 };
+                assert_replayable(&book, &event);
                 let (seq, durability) = self.append_event(&event)?;
                 book.apply_event(Arc::new(event), seq);
                 waits.push(durability);
@@ -382,7 +388,12 @@ impl Dispenser {
                 match self.draw_pool(&tranche_id, PoolRequest::Rollover, now) {
                     Ok((_, d)) => waits.push(d),
                     Err(AdminError::Unavailable(e)) => return Err(e),
-                    Err(_) => {}
+                    Err(AdminError::NothingToDraw | AdminError::Closed) => {}
+                    Err(other) => tracing::warn!(
+                        tranche = %tranche_id,
+                        refusal = ?other,
+                        "the campaign's rollover into this tranche was refused; the money stays in the pool"
+                    ),
                 }
             }
         }
@@ -429,7 +440,8 @@ impl Dispenser {
                 if campaign.rollover != Rollover::NextTranche || rollover_done {
                     return Err(AdminError::NothingToDraw);
                 }
-                (spread_by_quota(&quotas, ledger.pool_fen / face), true)
+                let vouchers = (ledger.pool_fen / face).min(MAX_DRAW_VOUCHERS);
+                (spread_by_quota(&quotas, vouchers), true)
             }
             PoolRequest::Vouchers(n) => (spread_by_quota(&quotas, n), false),
             PoolRequest::PerCounty(list) => {
@@ -446,7 +458,7 @@ impl Dispenser {
         if vouchers == 0 && !rollover {
             return Err(AdminError::NothingToDraw);
         }
-        let needed_fen = vouchers * face;
+        let needed_fen = vouchers.saturating_mul(face);
         if needed_fen > ledger.pool_fen {
             return Err(AdminError::PoolTooSmall {
                 pool_fen: ledger.pool_fen,
@@ -460,7 +472,18 @@ impl Dispenser {
             rollover,
             at: now,
         });
+        // The tranche was unlocked while the ledger was read: its closing may have been
+        // settled meanwhile (the settlement timer takes no catalog lock). Replay's own
+        // check of the draw, on the tranche as it is now, decides.
         let mut book = shard.lock();
+        match book.check_event_content(&event) {
+            Ok(()) => {}
+            Err(ReplayConflict::TrancheClosed) => return Err(AdminError::Closed),
+            Err(ReplayConflict::QuotaOverflow(county)) => {
+                return Err(AdminError::QuotaOverflow { county });
+            }
+            Err(other) => panic!("a pool draw replay would refuse ({other}); not appended"),
+        }
         let (seq, durability) = self.append_event(&event).map_err(AdminError::Unavailable)?;
         book.apply_event(Arc::new(event), seq);
         Ok((self.tranche_view(&book, now), durability))
