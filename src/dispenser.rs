@@ -776,7 +776,7 @@ impl Dispenser {
             }
             ClaimDecision::Replay { voucher_index } => {
                 let view = self.voucher_view(&book, voucher_index, now);
-                let seq = book.voucher(voucher_index).seq;
+                let seq = book.voucher_shown_through_seq(voucher_index);
                 drop(book);
                 match self.durability(seq) {
                     Ok(d) => ClaimOutcome::Replayed(view, d),
@@ -785,7 +785,7 @@ impl Dispenser {
             }
             ClaimDecision::AlreadyClaimed { voucher_index } => {
                 let view = self.voucher_view(&book, voucher_index, now);
-                let seq = book.voucher(voucher_index).seq;
+                let seq = book.voucher_shown_through_seq(voucher_index);
                 drop(book);
                 match self.durability(seq) {
                     Ok(d) => ClaimOutcome::AlreadyClaimed(view, d),

@@ -926,6 +926,52 @@ fn already_redeemed_is_answered_only_once_the_redemption_is_durable() {
     );
 }
 
+/// A claim answered from an earlier claim (a retry with the same request ID, 200 replayed;
+/// or another request of the same person, 409 already_claimed) shows the voucher as it is:
+/// such an answer waits until the WAL is durable through every record its state rests on,
+/// not only the claim. Found by review: a redemption waiting for its sync showed as
+/// "redeemed" in such an answer, and a kill -9 then took it back.
+#[test]
+fn a_claim_answer_never_shows_a_redemption_a_crash_takes_back() {
+    for (request_id, status) in [("req-alice", 200), ("another-request", 409)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let daemon = start_with_slow_commits(dir.path());
+        merchants(&daemon);
+        daemon.create_tranche("t1", &open_tranche_body(&[(420502, 10)]));
+        let v = claim_one(&daemon, "t1", "alice");
+        let (lng, lat) = point(420502);
+        let again = claim_body("t1", "alice", request_id, lng, lat);
+
+        let public = daemon.public;
+        let first = v.clone();
+        // Not acknowledged (the kill comes first, or its answer races it): may or may not survive.
+        let redeemer = std::thread::spawn(move || {
+            let body = json!({"voucher_id": first, "merchant_id": "m-xl-food", "order_id": "o-1", "order_amount_fen": 12_000});
+            Client::new(public).try_request("POST", "/v1/redemptions", body.to_string().as_bytes())
+        });
+        let mut c = daemon.client();
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        let shown = loop {
+            let r = c.claim(&again);
+            assert_eq!(r.status, status, "{}", r.text());
+            if r.json()["voucher"]["state"] == "redeemed" {
+                break r.json();
+            }
+            assert!(Instant::now() < deadline, "the redemption never showed");
+        };
+        daemon.kill();
+        let _ = redeemer.join().expect("redeemer");
+        let daemon = start(dir.path(), &lifecycle_config());
+        let got = daemon.client().get(&format!("/v1/vouchers/{v}"));
+        assert_eq!(
+            got.json()["voucher"]["state"],
+            shown["voucher"]["state"],
+            "a claim answered {status} with {shown}, yet after kill -9 the voucher is {}",
+            got.text()
+        );
+    }
+}
+
 /// A campaign's refund policy is fixed once it has a tranche; before that it may change.
 #[test]
 fn refund_policy_cannot_change_once_the_campaign_has_tranches() {

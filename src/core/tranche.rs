@@ -342,6 +342,9 @@ pub struct TrancheBook {
     pub(super) rollover_done: bool,
     /// Every event applied to this tranche, in order: what a snapshot writes.
     pub(super) log: AppendLog<LogEntry>,
+    /// Seq of the newest event other than a claim applied to this tranche (its definition
+    /// at first): everything a voucher's state can depend on besides its own claim.
+    last_event_seq: u64,
 }
 
 /// One entry of a tranche's own event log.
@@ -449,6 +452,7 @@ impl TrancheBook {
             expired_settled: false,
             rollover_done: false,
             log,
+            last_event_seq: seq,
         };
         book.check_money();
         book
@@ -707,7 +711,16 @@ impl TrancheBook {
             }
         }
         self.log.push(LogEntry::Event { seq, event });
+        self.last_event_seq = seq;
         self.check_money();
+    }
+
+    /// The WAL seq through which an answer showing voucher `index` must be durable: its
+    /// claim, and every later event of this tranche (a redemption, refund, revocation or
+    /// settlement that changed its state may be among them). During a release, when a
+    /// tranche has only claims, that is the claim itself.
+    pub fn voucher_shown_through_seq(&self, index: u32) -> u64 {
+        self.voucher(index).seq.max(self.last_event_seq)
     }
 
     fn apply_redefine(&mut self, spec: TrancheSpec) {
