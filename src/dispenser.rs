@@ -47,8 +47,8 @@ pub use replay_pipeline::{
 };
 
 pub use lifecycle::{
-    MAX_REVOKE_TARGETS, MerchantSnapshot, PoolRequest, RedeemInput, RedeemOutcome, RedemptionView,
-    RefundOutcome, RevokeReport, RevokeTargets,
+    MAX_REVOKE_TARGETS, PoolRequest, RedeemInput, RedeemOutcome, RedemptionView, RefundOutcome,
+    RevokeReport, RevokeTargets,
 };
 
 use crate::core::lifecycle::{Ledger, TrancheMoney, VoucherState};

@@ -14,7 +14,7 @@ use super::wire::{
 use crate::core::catalog::check_object_id;
 use crate::core::code;
 use crate::core::identity::IdentityKeyKind;
-use crate::core::lifecycle::{MerchantFacts, RedeemRefusal, RefundRefusal, VoucherState};
+use crate::core::lifecycle::{RedeemRefusal, RefundRefusal, VoucherState};
 use crate::core::{CountyCode, RedemptionId, VoucherId};
 use crate::dispenser::{
     MAX_REVOKE_TARGETS, PoolRequest, RedeemInput, RedeemOutcome, RefundOutcome, RevokeTargets,
@@ -386,7 +386,6 @@ pub async fn redeem(app: &App, body: &[u8]) -> Reply {
             ));
         }
     };
-    let merchant = dispenser.merchant_facts(&b.merchant_id);
     let input = RedeemInput {
         voucher_id,
         code_step,
@@ -395,12 +394,7 @@ pub async fn redeem(app: &App, body: &[u8]) -> Reply {
         order_amount_fen: b.order_amount_fen,
         entropy: rand::random(),
     };
-    let facts = merchant.as_ref().map(|m| MerchantFacts {
-        active: m.active,
-        county: m.county,
-        industry: &m.industry,
-    });
-    let (status, view, durability) = match dispenser.redeem(&input, facts, now) {
+    let (status, view, durability) = match dispenser.redeem(&input, now) {
         RedeemOutcome::Redeemed(v, d) => (StatusCode::CREATED, v, d),
         RedeemOutcome::Replayed(v, d) => (StatusCode::OK, v, d),
         RedeemOutcome::OrderIdReused(durability) => {

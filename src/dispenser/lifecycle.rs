@@ -99,35 +99,24 @@ pub struct RevokeReport {
     pub unknown_voucher_ids: u64,
 }
 
-/// What redemption needs to know about a merchant, copied out of the registry.
-#[derive(Clone, Debug)]
-pub struct MerchantSnapshot {
-    pub active: bool,
-    pub county: CountyCode,
-    pub industry: String,
-}
-
 impl Dispenser {
-    /// The facts redemption checks, read under the registry's read lock and
-    /// copied, so no merchant lock is held while a tranche is locked.
-    pub fn merchant_facts(&self, merchant_id: &str) -> Option<MerchantSnapshot> {
-        self.read_merchants(|registry| {
-            registry.get(merchant_id).map(|m| MerchantSnapshot {
+    /// Redeems a voucher at a merchant.
+    ///
+    /// The merchant registry's read lock is held from reading the merchant's facts until the
+    /// redemption is appended, so a suspension (which appends under the write lock) is
+    /// ordered against every redemption: one acknowledged before a redemption started
+    /// refuses it, and a redemption already past its check is logged before it. (Lock
+    /// order: merchants, order book, catalog, tranche.)
+    pub fn redeem(&self, input: &RedeemInput<'_>, now: UnixMillis) -> RedeemOutcome {
+        let merchants = self.merchants.read();
+        let merchant = merchants
+            .registry
+            .get(input.merchant_id)
+            .map(|m| MerchantFacts {
                 active: m.is_active(),
                 county: m.county,
-                industry: m.industry.clone(),
-            })
-        })
-    }
-
-    /// Redeems a voucher at a merchant. `merchant` is what the registry says
-    /// about `input.merchant_id` (`None`: no such merchant).
-    pub fn redeem(
-        &self,
-        input: &RedeemInput<'_>,
-        merchant: Option<MerchantFacts<'_>>,
-        now: UnixMillis,
-    ) -> RedeemOutcome {
+                industry: &m.industry,
+            });
         let mut orders = self.orders.lock();
         let Some(shard) = self.shard_by_ordinal(input.voucher_id.tranche_ordinal) else {
             return RedeemOutcome::UnknownVoucher;
