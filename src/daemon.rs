@@ -14,8 +14,8 @@ use tokio::sync::watch;
 
 use crate::api::{self, App, Listener};
 use crate::config::{self, Config, RegionSource};
-use crate::core::{DigestKey, MerchantRules, TrancheSpec, UnixMillis};
-use crate::dispenser::{CountyDirectory, Defined, Dispenser, Recovered};
+use crate::core::{DigestKey, MerchantRules, UnixMillis};
+use crate::dispenser::{CountyDirectory, Dispenser, Recovered};
 use crate::geo::{self, RegionIndex};
 use crate::snapshot;
 use crate::telemetry::{Telemetry, WalTelemetry};
@@ -418,57 +418,53 @@ fn recover(config: &Config, regions: RegionIndex) -> Result<(Dispenser, u64), i3
     Ok((dispenser, covered_seq))
 }
 
-/// Writes configured campaigns and tranches that the WAL does not have yet.
-/// Once written, the recorded definition is authoritative.
+/// Writes configured campaigns and tranches that the records (snapshot and WAL) do not hold
+/// yet. Once written, the recorded definition is authoritative: an admin may have changed it
+/// since (`PUT /admin/v1/campaigns/{id}`, `PUT /admin/v1/tranches/{id}`), and a restart must
+/// neither undo a change that was acknowledged nor refuse to start over a difference between
+/// the config and the records. A configured definition that differs from the recorded one is
+/// logged, and the recorded one stands; change a live definition through the admin API.
+/// One the records do not hold and that cannot be created (the campaign's budget cannot pay
+/// for the tranche, a limit is reached) stops the start with exit 64: the config must change.
 fn seed(config: &Config, dispenser: &Dispenser) -> Result<(), i32> {
     let now = system_now();
     for campaign in &config.campaigns {
-        match dispenser.define_campaign(campaign.clone()) {
-            Ok((_, durability)) => wait(durability)?,
-            Err(e) => {
-                tracing::error!(campaign = %campaign.campaign_id, error = ?e, "cannot create configured campaign");
-                return Err(EXIT_DATA_ERROR);
-            }
+        match dispenser.campaign_spec(&campaign.campaign_id) {
+            Some(recorded) if recorded == *campaign => {}
+            Some(recorded) => tracing::warn!(
+                campaign = %campaign.campaign_id,
+                recorded = ?recorded,
+                configured = ?campaign,
+                "configured campaign differs from the recorded one; the recorded definition stands (change it with PUT /admin/v1/campaigns/{{id}})"
+            ),
+            None => match dispenser.define_campaign(campaign.clone()) {
+                Ok((_, durability)) => wait(durability)?,
+                Err(e) => {
+                    tracing::error!(campaign = %campaign.campaign_id, error = ?e, "cannot create configured campaign; fix the config (nothing recorded is damaged)");
+                    return Err(config::EXIT_BAD_CONFIG);
+                }
+            },
         }
     }
     for spec in &config.tranches {
         match dispenser.tranche_spec(&spec.tranche_id) {
             Some(recorded) if recorded == *spec => {}
-            Some(recorded) => seed_changed_tranche(dispenser, &recorded, spec, now)?,
+            Some(recorded) => tracing::warn!(
+                tranche = %spec.tranche_id,
+                recorded_opens_at = %format_beijing(recorded.opens_at),
+                configured_opens_at = %format_beijing(spec.opens_at),
+                "configured tranche differs from the recorded one; the recorded definition stands (change it with PUT /admin/v1/tranches/{{id}} before it opens)"
+            ),
             None => match dispenser.define_tranche(spec.clone(), now) {
                 Ok((_, durability)) => wait(durability)?,
                 Err(e) => {
-                    tracing::error!(tranche = %spec.tranche_id, error = ?e, "cannot create configured tranche");
-                    return Err(EXIT_DATA_ERROR);
+                    tracing::error!(tranche = %spec.tranche_id, error = ?e, "cannot create configured tranche; fix the config (nothing recorded is damaged)");
+                    return Err(config::EXIT_BAD_CONFIG);
                 }
             },
         }
     }
     Ok(())
-}
-
-fn seed_changed_tranche(
-    dispenser: &Dispenser,
-    recorded: &TrancheSpec,
-    spec: &TrancheSpec,
-    now: UnixMillis,
-) -> Result<(), i32> {
-    match dispenser.define_tranche(spec.clone(), now) {
-        Ok((Defined::Replaced, durability)) => {
-            tracing::info!(tranche = %spec.tranche_id, "configured tranche changed before opening; replaced");
-            wait(durability)
-        }
-        Ok((_, durability)) => wait(durability),
-        Err(_) => {
-            tracing::warn!(
-                tranche = %spec.tranche_id,
-                recorded_opens_at = %format_beijing(recorded.opens_at),
-                configured_opens_at = %format_beijing(spec.opens_at),
-                "configured tranche differs from the recorded one, which has already opened; the recorded definition stands"
-            );
-            Ok(())
-        }
-    }
 }
 
 fn wait(durability: crate::dispenser::Durability) -> Result<(), i32> {

@@ -1209,6 +1209,11 @@ impl Dispenser {
     }
 
     /// The recorded definition of a tranche, if any.
+    /// The campaign as recorded (the WAL and snapshot's latest definition).
+    pub fn campaign_spec(&self, campaign_id: &str) -> Option<CampaignSpec> {
+        self.catalog.read().campaign(campaign_id).cloned()
+    }
+
     pub fn tranche_spec(&self, tranche_id: &str) -> Option<TrancheSpec> {
         Some(self.shard(tranche_id)?.lock().spec().clone())
     }

@@ -210,3 +210,42 @@ fn merchant_lists_must_be_non_empty_unique_and_well_formed() {
     );
     assert!(stderr.contains("merchants.platforms[0]"), "{stderr}");
 }
+
+/// The config seeds what the records lack; it never overrides them. A campaign raised through
+/// the admin API and then used keeps its recorded budget across a restart (found by review:
+/// each start re-applied the configured budget, which was refused as below what was
+/// released, so every start exited 65), and a configured campaign that differs is logged.
+#[test]
+fn the_records_not_the_config_hold_a_campaign_once_it_exists() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = TestConfig::default(); // [[campaigns]] c1, budget_fen = 100000000000
+    let daemon = start(dir.path(), &config);
+    let mut a = daemon.admin_client();
+    let r = a.put_admin(
+        "/admin/v1/campaigns/c1",
+        &serde_json::json!({"name": "test campaign", "budget_fen": 200_000_000_000u64}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Use it: a tranche releasing 1.5e11 fen, more than the configured 1e11.
+    let mut body = open_tranche_body(&[(420502, 1_500)]);
+    body["face_value_fen"] = serde_json::json!(100_000_000u64);
+    body["threshold_fen"] = serde_json::json!(0);
+    daemon.create_tranche("t1", &body);
+    daemon.kill();
+
+    let daemon = start_with_config_file(dir.path(), &dir.path().join("voucherd.toml"));
+    let r = daemon
+        .admin_client()
+        .get_admin("/admin/v1/campaigns/c1/ledger");
+    assert_eq!(
+        r.json()["ledger"]["budget_fen"],
+        serde_json::json!(200_000_000_000u64),
+        "{}",
+        r.text()
+    );
+    let log = daemon.stderr_text();
+    assert!(
+        log.contains("configured campaign differs from the recorded one"),
+        "{log}"
+    );
+}
