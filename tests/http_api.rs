@@ -442,6 +442,49 @@ fn header_read_timeout_closes_slow_clients() {
     assert_eq!(daemon.client().get("/livez").status, 200);
 }
 
+/// A client that sends its headers and then not the body it announced is answered 408 and
+/// its connection closed, so such clients cannot hold every connection slot (found by
+/// review: the header timeout did not cover bodies, and they held the slots for good).
+#[test]
+fn body_read_timeout_frees_the_slots_of_clients_that_never_finish() {
+    let config = TestConfig {
+        body_read_timeout_ms: 300,
+        max_connections: 4,
+        ..TestConfig::default()
+    };
+    let (_dir, daemon) = started(&config);
+    let mut stalled: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = TcpStream::connect(daemon.public).expect("connect");
+            s.set_read_timeout(Some(IO_DEADLINE)).expect("timeout");
+            s.write_all(
+                b"POST /v1/claims HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{",
+            )
+            .expect("headers and one byte");
+            s
+        })
+        .collect();
+    for s in &mut stalled {
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer)
+            .expect("the server ends the connection");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 408") && answer.contains("body_timeout"),
+            "{answer}"
+        );
+    }
+    // Their slots are free again (the server notices the closes asynchronously).
+    let deadline = std::time::Instant::now() + IO_DEADLINE;
+    while daemon.client().get("/livez").status != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "connection slots were never released"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn connections_over_the_limit_get_503() {
     let config = TestConfig {

@@ -397,7 +397,7 @@ async fn import_merchants(app: &App, request: Request<Incoming>) -> Reply {
     let Ok(_permit) = app.import_permits.try_acquire() else {
         return overloaded();
     };
-    match read_body_limited(request, MAX_IMPORT_BODY_BYTES).await {
+    match read_body_limited(request, MAX_IMPORT_BODY_BYTES, app.limits.body_read_timeout).await {
         Ok(body) => merchants::import(app, body, dry_run).await,
         Err(reply) => reply,
     }
@@ -415,11 +415,21 @@ fn authorized(app: &App, request: &Request<Incoming>) -> bool {
 
 /// Reads a body up to the configured limit; 413 beyond it, 400 if the body breaks off.
 async fn read_body(app: &App, request: Request<Incoming>) -> Result<Bytes, Reply> {
-    read_body_limited(request, app.limits.max_body_bytes).await
+    read_body_limited(
+        request,
+        app.limits.max_body_bytes,
+        app.limits.body_read_timeout,
+    )
+    .await
 }
 
-/// Reads a body of at most `limit` bytes; 413 beyond it, 400 if the body breaks off.
-async fn read_body_limited(request: Request<Incoming>, limit: usize) -> Result<Bytes, Reply> {
+/// Reads a body of at most `limit` bytes; 413 beyond it, 400 if the body breaks off, 408
+/// (and the connection closed) if it has not fully arrived within `timeout`.
+async fn read_body_limited(
+    request: Request<Incoming>,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, Reply> {
     let too_large = || {
         let mut body = OutcomeBody::outcome("body_too_large");
         body.error = Some(FieldError::new(
@@ -436,7 +446,24 @@ async fn read_body_limited(request: Request<Incoming>, limit: usize) -> Result<B
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(request.into_body(), limit).collect().await {
+    let collected =
+        tokio::time::timeout(timeout, Limited::new(request.into_body(), limit).collect());
+    let Ok(collected) = collected.await else {
+        let mut body = OutcomeBody::outcome("body_timeout");
+        body.error = Some(FieldError::new(
+            "body",
+            format!(
+                "did not fully arrive within {} ms of the headers",
+                timeout.as_millis()
+            ),
+        ));
+        let mut reply = json(StatusCode::REQUEST_TIMEOUT, &body);
+        reply
+            .headers_mut()
+            .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+        return Err(reply);
+    };
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => {

@@ -69,6 +69,9 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    /// A body that has not fully arrived this long after its headers is answered 408 and
+    /// its connection closed, so a client cannot hold a connection slot by never finishing.
+    pub body_read_timeout: Duration,
     pub max_inflight_claims: usize,
     pub max_body_bytes: usize,
     pub drain_timeout: Duration,
@@ -343,12 +346,19 @@ impl Validator {
             10,
             120_000,
         );
+        self.range(
+            "server.body_read_timeout_ms",
+            raw.body_read_timeout_ms,
+            10,
+            600_000,
+        );
         self.range("server.drain_timeout_ms", raw.drain_timeout_ms, 0, 600_000);
         Some(ServerConfig {
             public_listen: public_listen?,
             admin_listen: admin_listen?,
             max_connections: raw.max_connections,
             header_read_timeout: Duration::from_millis(raw.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(raw.body_read_timeout_ms),
             max_inflight_claims: raw.max_inflight_claims,
             max_body_bytes: raw.max_body_bytes,
             drain_timeout: Duration::from_millis(raw.drain_timeout_ms),

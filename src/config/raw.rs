@@ -66,6 +66,8 @@ pub struct RawServer {
     pub admin_listen: String,
     pub max_connections: usize,
     pub header_read_timeout_ms: u64,
+    /// How long a request's body may take to arrive once its headers have.
+    pub body_read_timeout_ms: u64,
     pub max_inflight_claims: usize,
     pub max_body_bytes: usize,
     pub drain_timeout_ms: u64,
@@ -78,6 +80,7 @@ impl Default for RawServer {
             admin_listen: "127.0.0.1:8081".into(),
             max_connections: 10_000,
             header_read_timeout_ms: 5_000,
+            body_read_timeout_ms: 10_000,
             max_inflight_claims: 16_384,
             max_body_bytes: 8 * 1024,
             drain_timeout_ms: 10_000,

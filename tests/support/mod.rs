@@ -73,6 +73,7 @@ pub fn county_points() -> Vec<(u32, f64, f64)> {
 #[derive(Clone)]
 pub struct TestConfig {
     pub header_read_timeout_ms: u64,
+    pub body_read_timeout_ms: u64,
     pub max_connections: usize,
     pub max_inflight_claims: usize,
     pub segment_size_bytes: u64,
@@ -89,6 +90,7 @@ impl Default for TestConfig {
     fn default() -> Self {
         TestConfig {
             header_read_timeout_ms: 5_000,
+            body_read_timeout_ms: 10_000,
             max_connections: 1_000,
             max_inflight_claims: 16_384,
             segment_size_bytes: 4 << 20,
@@ -110,6 +112,7 @@ public_listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 max_connections = {}
 header_read_timeout_ms = {}
+body_read_timeout_ms = {}
 max_inflight_claims = {}
 drain_timeout_ms = 5000
 
@@ -133,6 +136,7 @@ budget_fen = 100000000000
 "#,
             self.max_connections,
             self.header_read_timeout_ms,
+            self.body_read_timeout_ms,
             self.max_inflight_claims,
             data_dir.display(),
             self.segment_size_bytes,
