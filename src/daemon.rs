@@ -19,7 +19,7 @@ use crate::dispenser::{CountyDirectory, Dispenser, Recovered};
 use crate::geo::{self, RegionIndex};
 use crate::snapshot;
 use crate::telemetry::{Telemetry, WalTelemetry};
-use crate::wal::WalOptions;
+use crate::wal::{self, WalOptions};
 use crate::wire_time::format_beijing;
 
 mod replay;
@@ -30,6 +30,8 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_DATA_ERROR: i32 = 65;
 pub const EXIT_UNAVAILABLE: i32 = 69;
 pub const EXIT_SOFTWARE: i32 = 70;
+/// Another process holds the WAL directory's lock (sysexits `EX_TEMPFAIL`).
+pub const EXIT_TEMPORARY_FAILURE: i32 = 75;
 /// The WAL lives in this directory under `storage.data_dir`.
 pub const WAL_DIR_NAME: &str = "wal";
 /// WAL records queued beyond the claim limit, for admin and start-up writes.
@@ -346,6 +348,19 @@ fn recover(config: &Config, regions: RegionIndex) -> Result<(Dispenser, u64), i3
     };
     let (wal, report) = match opened {
         Ok(pair) => pair,
+        // Not damage: say so, and exit with a code a supervisor restarts on.
+        Err(e @ wal::OpenError::Io(_)) => {
+            tracing::error!(
+                error = %e,
+                "cannot open the WAL: an I/O error (a full or failing disk?); nothing \
+                 recorded is known to be damaged. Free space or fix the device, then start again"
+            );
+            return Err(wal::WAL_FATAL_EXIT_CODE);
+        }
+        Err(e @ wal::OpenError::Locked { .. }) => {
+            tracing::error!(error = %e, "another process has this WAL open; start again once it has stopped");
+            return Err(EXIT_TEMPORARY_FAILURE);
+        }
         Err(e) => {
             tracing::error!(
                 error = %e,

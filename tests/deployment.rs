@@ -246,3 +246,22 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     }
     println!("all dashboard queries returned data after {rounds} rounds");
 }
+
+/// A second daemon on a data directory in use exits 75, a code the unit restarts on (the
+/// first may be about to stop), not 65, which waits for an operator: nothing is damaged.
+#[test]
+fn a_second_daemon_on_the_same_data_exits_for_a_restart_not_for_repair() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = start(dir.path(), &TestConfig::default());
+    let (code, stderr) = run_expecting_exit(&dir.path().join("voucherd.toml"));
+    assert_eq!(
+        code,
+        Some(voucherd::daemon::EXIT_TEMPORARY_FAILURE),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("another process has this WAL open"),
+        "{stderr}"
+    );
+    drop(daemon);
+}
