@@ -267,7 +267,7 @@ fn main() {
     let capture = t.elapsed();
     let snapshots = snapshot::directory(&dir);
     let t = Instant::now();
-    let path = snapshot::write(&snapshots, &checkpoint, UnixMillis(0), |s| {
+    let path = snapshot::write(&snapshots, &checkpoint, UnixMillis(0), 0, |s| {
         dispenser.wait_durable_blocking(s)
     })
     .expect("write")

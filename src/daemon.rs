@@ -171,11 +171,13 @@ async fn run(config: Config, regions: RegionIndex) -> i32 {
     print_try_it(&config, &public_addr);
 
     let snapshots = snapshot::directory(&config.storage.data_dir);
+    let keep_free_bytes = snapshot_keep_free_bytes(config.storage.segment_size_bytes);
     let checkpointer = tokio::spawn(checkpoints(
         dispenser.clone(),
         snapshots.clone(),
         config.storage.checkpoint_every_records,
         config.storage.checkpoint_check_interval,
+        keep_free_bytes,
         covered_seq,
         shutdown_tx.subscribe(),
     ));
@@ -197,13 +199,26 @@ async fn run(config: Config, regions: RegionIndex) -> i32 {
     let last_covered = checkpointer.await.unwrap_or(covered_seq);
     if dispenser.wal().durable_seq() > last_covered {
         let final_dispenser = dispenser.clone();
-        let _ = tokio::task::spawn_blocking(move || write_checkpoint(&final_dispenser, &snapshots))
-            .await;
+        let _ = tokio::task::spawn_blocking(move || {
+            write_checkpoint(&final_dispenser, &snapshots, keep_free_bytes)
+        })
+        .await;
     }
     dispenser.wal().shutdown();
     tracing::info!("stopped cleanly");
     EXIT_OK
 }
+
+/// Free space a snapshot leaves for the WAL while it is written: room for the WAL to roll
+/// to its next two segments.
+fn snapshot_keep_free_bytes(segment_size_bytes: u64) -> u64 {
+    segment_size_bytes.saturating_mul(2)
+}
+
+/// After a failed snapshot, the next attempt waits this many check intervals, doubling
+/// with each failure in a row up to [`MAX_SNAPSHOT_RETRY_WAIT`]: a disk too full for one
+/// is not written to the brim again every few seconds.
+const MAX_SNAPSHOT_RETRY_WAIT: Duration = Duration::from_secs(300);
 
 /// Writes a snapshot whenever `every_records` WAL records have followed the
 /// last one. Returns the sequence number the newest snapshot covers.
@@ -212,11 +227,14 @@ async fn checkpoints(
     dir: PathBuf,
     every_records: u64,
     check_interval: Duration,
+    keep_free_bytes: u64,
     mut covered_seq: u64,
     mut shutdown: watch::Receiver<bool>,
 ) -> u64 {
     let mut tick = tokio::time::interval(check_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failures_in_a_row = 0u32;
+    let mut next_attempt = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -224,15 +242,27 @@ async fn checkpoints(
         }
         let due = every_records > 0
             && dispenser.wal().durable_seq() >= covered_seq.saturating_add(every_records);
-        if !due {
+        if !due || tokio::time::Instant::now() < next_attempt {
             continue;
         }
         let writer = dispenser.clone();
         let target = dir.clone();
-        if let Ok(Some(seq)) =
-            tokio::task::spawn_blocking(move || write_checkpoint(&writer, &target)).await
+        match tokio::task::spawn_blocking(move || {
+            write_checkpoint(&writer, &target, keep_free_bytes)
+        })
+        .await
         {
-            covered_seq = seq;
+            Ok(Some(seq)) => {
+                covered_seq = seq;
+                failures_in_a_row = 0;
+            }
+            _ => {
+                failures_in_a_row = failures_in_a_row.saturating_add(1);
+                let wait = check_interval
+                    .saturating_mul(1 << failures_in_a_row.min(16))
+                    .min(MAX_SNAPSHOT_RETRY_WAIT);
+                next_attempt = tokio::time::Instant::now() + wait;
+            }
         }
     }
 }
@@ -270,14 +300,14 @@ async fn settlements(
 
 /// Captures and writes one snapshot. A failure is logged and counted, never
 /// fatal: the WAL still holds every record, and the next attempt retries.
-fn write_checkpoint(dispenser: &Dispenser, dir: &Path) -> Option<u64> {
+fn write_checkpoint(dispenser: &Dispenser, dir: &Path, keep_free_bytes: u64) -> Option<u64> {
     let started = Instant::now();
     let checkpoint = dispenser.checkpoint();
     let captured = started.elapsed();
     let covered_seq = checkpoint.covered_seq;
     let vouchers = checkpoint.voucher_count();
     let merchants = checkpoint.merchants.len();
-    match snapshot::write(dir, &checkpoint, system_now(), |seq| {
+    match snapshot::write(dir, &checkpoint, system_now(), keep_free_bytes, |seq| {
         dispenser.wait_durable_blocking(seq)
     }) {
         Ok(Some(path)) => {

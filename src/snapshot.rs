@@ -57,6 +57,9 @@ pub const SNAPSHOTS_KEPT: usize = 2;
 pub const MAX_SNAPSHOT_BYTES: u64 = 64 << 30;
 /// Bytes buffered while writing a snapshot.
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
+/// How often a snapshot being written looks at its filesystem's free space
+/// ([`KeepFree`]): at most this much can be written into the reserve between two looks.
+pub const FREE_SPACE_CHECK_BYTES: u64 = 16 << 20;
 
 /// A consistent copy of the whole state at one WAL sequence number.
 pub struct Checkpoint {
@@ -119,16 +122,27 @@ fn file_name(covered_seq: u64) -> String {
 
 /// Steps 2, 4 and 5 of the write path. `wait_durable` is step 3: it must
 /// return only once the WAL is durable through `covered_seq` (false: give up).
+///
+/// While it writes, the snapshot leaves at least `keep_free_bytes` free on its filesystem
+/// (looked at every [`FREE_SPACE_CHECK_BYTES`]); it gives up, removing its temporary file,
+/// rather than take them. The daemon keeps room there for the WAL's next segments: a
+/// snapshot that filled a nearly full disk for a moment made the WAL's next segment fail
+/// to preallocate, which stops the daemon (exit 74).
 pub fn write(
     dir: &Path,
     checkpoint: &Checkpoint,
     created_at: UnixMillis,
+    keep_free_bytes: u64,
     wait_durable: impl FnOnce(u64) -> bool,
 ) -> Result<Option<PathBuf>, SnapshotError> {
     fs::create_dir_all(dir).map_err(io("create", dir))?;
     let path = dir.join(file_name(checkpoint.covered_seq));
     let tmp = dir.join(temporary_name(checkpoint.covered_seq));
-    if let Err(e) = write_temporary(&tmp, checkpoint, created_at) {
+    let free_bytes = || {
+        let stat = rustix::fs::statvfs(dir).map_err(std::io::Error::from)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    };
+    if let Err(e) = write_temporary(&tmp, checkpoint, created_at, keep_free_bytes, free_bytes) {
         // A partial temporary file is never read: do not leave it (and its
         // disk space, on a full disk) behind until the next start.
         let _ = fs::remove_file(&tmp);
@@ -150,22 +164,28 @@ fn temporary_name(covered_seq: u64) -> String {
     format!("{}.tmp", file_name(covered_seq))
 }
 
-/// Step 2: the whole snapshot into `tmp`, fsynced.
+/// Step 2: the whole snapshot into `tmp`, fsynced, leaving `keep_free_bytes` free.
 fn write_temporary(
     tmp: &Path,
     checkpoint: &Checkpoint,
     created_at: UnixMillis,
+    keep_free_bytes: u64,
+    free_bytes: impl FnMut() -> std::io::Result<u64>,
 ) -> Result<(), SnapshotError> {
     let file = File::create(tmp).map_err(io("create", tmp))?;
-    let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, file);
+    let guarded = KeepFree::new(file, keep_free_bytes, free_bytes);
+    let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, guarded);
     let (records, body_bytes, body_crc) =
         write_body(&mut out, checkpoint).map_err(io("write", tmp))?;
     // The header goes last: it holds the counts. Seek back by rewriting the file head.
-    let mut file = out.into_inner().map_err(|e| SnapshotError::Io {
-        operation: "flush",
-        path: tmp.to_owned(),
-        source: e.into_error(),
-    })?;
+    let mut file = out
+        .into_inner()
+        .map_err(|e| SnapshotError::Io {
+            operation: "flush",
+            path: tmp.to_owned(),
+            source: e.into_error(),
+        })?
+        .file;
     let mut trailer = Vec::with_capacity(TRAILER_BYTES);
     trailer.extend_from_slice(&body_crc.to_le_bytes());
     trailer.extend_from_slice(TRAILER_MAGIC);
@@ -174,6 +194,56 @@ fn write_temporary(
     write_at_start(&mut file, &header).map_err(io("write", tmp))?;
     file.sync_all().map_err(io("fsync", tmp))?;
     Ok(())
+}
+
+/// A writer that refuses to go on once its filesystem has less than `keep_free_bytes` free
+/// (`ErrorKind::StorageFull`), looking before its first write and then every
+/// [`FREE_SPACE_CHECK_BYTES`] written.
+struct KeepFree<W, F> {
+    file: W,
+    keep_free_bytes: u64,
+    free_bytes: F,
+    /// Bytes written since the last look; `None` before the first.
+    since_check: Option<u64>,
+}
+
+impl<W: Write, F: FnMut() -> std::io::Result<u64>> KeepFree<W, F> {
+    fn new(file: W, keep_free_bytes: u64, free_bytes: F) -> Self {
+        KeepFree {
+            file,
+            keep_free_bytes,
+            free_bytes,
+            since_check: None,
+        }
+    }
+}
+
+impl<W: Write, F: FnMut() -> std::io::Result<u64>> Write for KeepFree<W, F> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let due = self
+            .since_check
+            .is_none_or(|written| written >= FREE_SPACE_CHECK_BYTES);
+        if due {
+            let free = (self.free_bytes)()?;
+            if free < self.keep_free_bytes {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!(
+                        "{free} bytes free, and a snapshot leaves at least {} free for the WAL",
+                        self.keep_free_bytes
+                    ),
+                ));
+            }
+            self.since_check = Some(0);
+        }
+        let n = self.file.write(buf)?;
+        self.since_check = self.since_check.map(|w| w + n as u64);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// Removes the temporary files of snapshots that were being written when
@@ -972,6 +1042,57 @@ fn remove_old(dir: &Path) -> Result<(), SnapshotError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A snapshot stops writing once its filesystem has less than the reserve free, at most
+    /// one look's worth of bytes into it, and says why.
+    #[test]
+    fn a_snapshot_leaves_the_reserve_free() {
+        const MIB: u64 = 1 << 20;
+        let free = std::cell::Cell::new(200 * MIB);
+        let keep = 128 * MIB;
+        let mut out = KeepFree::new(std::io::sink(), keep, || Ok(free.get()));
+        let chunk = vec![0u8; MIB as usize];
+        let error = loop {
+            match out.write_all(&chunk) {
+                Ok(()) => free.set(free.get() - MIB),
+                Err(e) => break e,
+            }
+            assert!(free.get() > 0, "never stopped");
+        };
+        assert_eq!(error.kind(), std::io::ErrorKind::StorageFull, "{error}");
+        assert!(
+            free.get() < keep,
+            "stopped before the reserve: {}",
+            free.get()
+        );
+        assert!(
+            free.get() + FREE_SPACE_CHECK_BYTES >= keep,
+            "wrote {} bytes into the reserve",
+            keep - free.get()
+        );
+    }
+
+    /// On a real filesystem: a snapshot that cannot leave its reserve free is not written,
+    /// and leaves no temporary file behind.
+    #[test]
+    fn a_snapshot_without_room_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let checkpoint = Checkpoint {
+            covered_seq: 1,
+            campaigns: Vec::new(),
+            merchants: crate::core::MerchantRegistry::default().share(),
+            tranches: Vec::new(),
+        };
+        let refused = write(dir.path(), &checkpoint, UnixMillis(0), u64::MAX, |_| true);
+        assert!(
+            matches!(&refused, Err(SnapshotError::Io { source, .. }) if source.kind() == std::io::ErrorKind::StorageFull),
+            "{refused:?}"
+        );
+        let left: Vec<_> = fs::read_dir(dir.path()).expect("list").collect();
+        assert!(left.is_empty(), "{left:?}");
+        let written = write(dir.path(), &checkpoint, UnixMillis(0), 0, |_| true);
+        assert!(matches!(written, Ok(Some(_))), "{written:?}");
+    }
 
     /// Verifying counts each tranche's claims (by the ordinal of the definition before them),
     /// from memory and from the file alike; claims before any definition, or after one with
