@@ -54,6 +54,12 @@ pub enum FatalError {
     },
     #[error("{what} (bug): {detail}")]
     Bug { what: &'static str, detail: String },
+    /// The next segment would pass [`crate::wal::MAX_SEGMENT_FILES`], which a start refuses:
+    /// stop now, while every segment still opens.
+    #[error(
+        "the WAL holds {limit} segment files, the most a start accepts; archive older segments (docs/operations.md) or use larger ones before starting again"
+    )]
+    TooManySegments { limit: usize },
 }
 
 fn bug(what: &'static str, detail: impl fmt::Display) -> FatalError {
@@ -407,6 +413,11 @@ impl<S: Storage> LogWriter<S> {
     /// Step 4: seals the current segment (already synced) and starts the next one.
     fn roll(&mut self, first_seq: u64, batch_bytes: usize) -> Result<(), FatalError> {
         let index = self.segment_index + 1;
+        if index > crate::wal::MAX_SEGMENT_FILES as u64 {
+            return Err(FatalError::TooManySegments {
+                limit: crate::wal::MAX_SEGMENT_FILES,
+            });
+        }
         let segment = create_segment(&self.storage, index, first_seq, self.segment_size_bytes)
             .map_err(|error| FatalError::Storage {
                 what: "could not create the next WAL segment",
@@ -536,5 +547,38 @@ impl<S: Storage> Committer<S> {
             .batch_synced(records, prepared.len_bytes, sync_duration);
         self.shared.fire_barriers();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::sim_storage::SimStorage;
+    use crate::wal::storage::create_segment;
+
+    /// A roll that would make more segment files than a start accepts stops the writer
+    /// first, so the log it leaves still opens (and is not refused as `TooManySegments`).
+    #[test]
+    fn no_roll_past_the_segment_files_a_start_accepts() {
+        const SEGMENT_BYTES: u64 = 1 << 20;
+        let storage = SimStorage::default();
+        let last = crate::wal::MAX_SEGMENT_FILES as u64;
+        let segment = create_segment(&storage, last, 1, SEGMENT_BYTES).expect("segment");
+        let full = segment.len_bytes();
+        let mut writer = LogWriter::new(storage, segment, last, full, 1, SEGMENT_BYTES);
+        let (on_durable, _) = tokio::sync::oneshot::channel();
+        let record = Pending {
+            seq: 1,
+            kind: 1,
+            payload: vec![0; 8],
+            encoded_bytes: frame::record_encoded_len(8).expect("small"),
+            on_durable,
+        };
+        match writer.prepare(&[record]) {
+            Err(FatalError::TooManySegments { limit }) => {
+                assert_eq!(limit, crate::wal::MAX_SEGMENT_FILES);
+            }
+            other => panic!("expected TooManySegments, got {other:?}"),
+        }
     }
 }

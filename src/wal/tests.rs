@@ -1182,6 +1182,7 @@ fn open_failing(storage: &SimStorage) -> (Wal, mpsc::Receiver<FatalReport>) {
         let report = match error {
             FatalError::Storage { what, error } => (what.to_string(), error.source.raw_os_error()),
             FatalError::Bug { what, .. } => (what.to_string(), None),
+            FatalError::TooManySegments { .. } => (error.to_string(), None),
         };
         let _ = tx.lock().send(report);
     });
