@@ -380,9 +380,30 @@ pub(crate) fn recover<S: Storage, E>(
     }
     let plan = replay::replay(&storage, &listing, &mut on_record)?;
     let report = plan.report(&storage);
+    // The names this walk found may not be durable: a process that died between renaming a
+    // new segment into place and syncing the directory leaves the name in the kernel's
+    // cache only, and this process would then append acknowledged batches to a file a power
+    // loss could unlink. Sync the directory before anything read here is answered.
+    storage.sync_dir()?;
     let (segment, segment_index) = match plan.segments.last() {
         Some(last) => {
             let mut segment = storage.open_segment(&last.path, last.header.segment_size_bytes)?;
+            // The last valid batch may never have been synced: the process that wrote it may
+            // have died (killed, aborted, exit 74) before its sync returned, while the kernel
+            // kept its pages, which is what this walk read. Every later answer and snapshot
+            // treats it as durable, so make it so: write it again (after a failed sync the
+            // kernel may have marked its pages clean without writing them) and sync it. Only
+            // the last batch can be unsynced: each batch is written after the previous one's
+            // sync returned. With a torn tail, the torn batch was the unsynced one.
+            if let (None, Some(start)) = (last.torn_tail, last.last_batch_start_bytes) {
+                let contents = storage.read_segment(&last.path)?;
+                let batch = contents
+                    .get(start..last.valid_end_bytes)
+                    .map(<[u8]>::to_vec)
+                    .expect("the walk found this batch in the segment");
+                drop(contents);
+                segment.write_and_sync(start, &batch)?;
+            }
             if let Some(torn) = last.torn_tail {
                 let zeros = vec![0u8; torn.end_bytes - torn.start_bytes];
                 segment.write_and_sync(torn.start_bytes, &zeros)?;

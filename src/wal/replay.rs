@@ -96,6 +96,8 @@ pub struct SegmentSummary {
     pub header: SegmentHeader,
     /// End of the last valid batch: where the next batch would go.
     pub valid_end_bytes: usize,
+    /// Where the last valid batch starts (`None`: the segment holds none).
+    pub last_batch_start_bytes: Option<usize>,
     pub records: u64,
     pub torn_tail: Option<TornTail>,
 }
@@ -137,6 +139,7 @@ enum SegmentEnd {
 
 struct Walk {
     valid_end_bytes: usize,
+    last_batch_start_bytes: Option<usize>,
     records: u64,
     next_seq: u64,
     end: SegmentEnd,
@@ -248,6 +251,7 @@ fn walk_segment<E>(
     visit: &mut impl FnMut(RecordRef<'_>) -> Result<(), E>,
 ) -> Result<Walk, WalkError<E>> {
     let mut position = SEGMENT_HEADER_BYTES;
+    let mut last_batch_start_bytes = None;
     let mut next_seq = first_seq;
     let mut records = 0u64;
     loop {
@@ -255,6 +259,7 @@ fn walk_segment<E>(
         if rest.is_empty() {
             return Ok(Walk {
                 valid_end_bytes: position,
+                last_batch_start_bytes,
                 records,
                 next_seq,
                 end: SegmentEnd::Clean,
@@ -266,6 +271,7 @@ fn walk_segment<E>(
                 let end = classify_end(bytes, position, damage, is_last_segment)?;
                 return Ok(Walk {
                     valid_end_bytes: position,
+                    last_batch_start_bytes,
                     records,
                     next_seq,
                     end,
@@ -293,6 +299,7 @@ fn walk_segment<E>(
         // Cannot overflow: check_batch_envelope rejected first_seq + count > u64::MAX.
         next_seq = batch.first_seq() + batch.record_count() as u64;
         records += batch.record_count() as u64;
+        last_batch_start_bytes = Some(position);
         position += batch.encoded_bytes();
     }
 }
@@ -372,6 +379,7 @@ pub fn replay<E>(
             path: path.clone(),
             header,
             valid_end_bytes: walk.valid_end_bytes,
+            last_batch_start_bytes: walk.last_batch_start_bytes,
             records: walk.records,
             torn_tail: match walk.end {
                 SegmentEnd::Clean => None,

@@ -79,6 +79,9 @@ pub enum CrashMode {
     /// Each unsynced sector (and length change, and a prefix of the directory changes) reached
     /// the device or not, chosen by this seed.
     TearSectors { seed: u64 },
+    /// Only the process died: the kernel keeps its page cache, unsynced as it was (the next
+    /// process reads it; a power loss later may still drop it).
+    ProcessOnly,
 }
 
 /// Faults to inject; counts are 0-based over the whole life of the disk.
@@ -179,6 +182,7 @@ impl SimFile {
             CrashMode::DropUnsynced => false,
             CrashMode::KeepUnsynced => true,
             CrashMode::TearSectors { .. } => rng.percent(50),
+            CrashMode::ProcessOnly => unreachable!("the device is untouched"),
         };
         if self.cached.len() != self.durable.len() && reached(rng) {
             self.durable.resize(self.cached.len(), 0);
@@ -283,6 +287,11 @@ impl SimDisk {
     /// The machine goes down: see the module doc. Clears faults and the crashed flag, so the
     /// disk can be recovered from.
     pub fn crash(&mut self, mode: CrashMode) {
+        if mode == CrashMode::ProcessOnly {
+            self.faults = Faults::default();
+            self.crashed = false;
+            return;
+        }
         let mut rng = SimRng::new(match mode {
             CrashMode::TearSectors { seed } => seed,
             _ => 0,
@@ -291,6 +300,7 @@ impl SimDisk {
             CrashMode::DropUnsynced => 0,
             CrashMode::KeepUnsynced => self.pending_dir_changes.len(),
             CrashMode::TearSectors { .. } => rng.range(0, self.pending_dir_changes.len() + 1),
+            CrashMode::ProcessOnly => unreachable!("returned above"),
         };
         for change in self.pending_dir_changes.drain(..persisted) {
             apply_change(&mut self.durable_names, change);
@@ -652,6 +662,7 @@ mod tests {
             CrashMode::DropUnsynced,
             CrashMode::KeepUnsynced,
             CrashMode::TearSectors { seed: 7 },
+            CrashMode::ProcessOnly,
         ] {
             let storage = SimStorage::default();
             let mut file = segment(&storage, "a.wal", 4 * SECTOR_BYTES);
@@ -665,7 +676,8 @@ mod tests {
             let survived = bytes[700..1700].iter().filter(|&&b| b == 2).count();
             match mode {
                 CrashMode::DropUnsynced => assert_eq!(survived, 0),
-                CrashMode::KeepUnsynced => assert_eq!(survived, 1000),
+                // Still in the page cache, where the next process reads it.
+                CrashMode::KeepUnsynced | CrashMode::ProcessOnly => assert_eq!(survived, 1000),
                 CrashMode::TearSectors { .. } => {
                     // Whole sectors only: the count is made of sector-sized pieces.
                     let pieces = [324usize, 512, 164];

@@ -748,7 +748,11 @@ impl SeedRun {
     }
 
     fn modes(&self, crash_point: u64) -> Vec<CrashMode> {
-        let mut modes = vec![CrashMode::DropUnsynced, CrashMode::KeepUnsynced];
+        let mut modes = vec![
+            CrashMode::DropUnsynced,
+            CrashMode::KeepUnsynced,
+            CrashMode::ProcessOnly,
+        ];
         for variant in 0..TEAR_IMAGES_PER_CRASH {
             let seed = self.rng.fork(crash_point << 8 | variant).next_u64();
             modes.push(CrashMode::TearSectors { seed });
@@ -828,6 +832,9 @@ impl SeedRun {
         report.acknowledged_checked += world.shown.len() as u64;
         if recovery.report.truncated_tail_bytes > 0 {
             report.torn_tails_erased += 1;
+        }
+        if mode == CrashMode::ProcessOnly {
+            self.check_power_loss_after_recovery(world, &recovery, point, report);
         }
         if deep {
             self.continue_and_crash_again(recovery, &mut rng, point, mode, report);
@@ -1013,6 +1020,50 @@ impl SeedRun {
         }
     }
 
+    /// Everything a recovery replayed is answered as durable from then on, so a power loss
+    /// right after the recovery (the previous crash having been the process's only, its
+    /// unsynced batch still in the page cache) must keep all of it.
+    fn check_power_loss_after_recovery(
+        &self,
+        world: &World,
+        recovery: &Recovery,
+        point: u64,
+        report: &mut SimReport,
+    ) {
+        let mut image = recovery.world.storage.snapshot();
+        image.crash(CrashMode::DropUnsynced);
+        report.crash_states += 1;
+        match recover_and_check(
+            &SimStorage::from_disk(image),
+            Faults::default(),
+            &world.appended,
+            &world.shown,
+            self.recovery_key,
+            self.max_batch_records,
+        ) {
+            Ok(again) if again.report.last_seq >= recovery.report.last_seq => {}
+            Ok(again) => self.violation(
+                report,
+                point,
+                Some(CrashMode::ProcessOnly),
+                &format!(
+                    "a recovery replayed through seq {}, then a power loss kept only {}",
+                    recovery.report.last_seq, again.report.last_seq
+                ),
+            ),
+            Err(problems) => {
+                for p in problems.unwrap_or_else(|| vec!["died without a fault".to_owned()]) {
+                    self.violation(
+                        report,
+                        point,
+                        Some(CrashMode::ProcessOnly),
+                        &format!("power loss after recovery: {p}"),
+                    );
+                }
+            }
+        }
+    }
+
     /// After recovery the daemon goes on (redefining lost setup, more claims, retries of the
     /// old ones), then crashes again at a seeded point; the next recovery is checked too.
     fn continue_and_crash_again(
@@ -1076,6 +1127,7 @@ fn mode_salt(mode: CrashMode) -> u64 {
     match mode {
         CrashMode::DropUnsynced => 1,
         CrashMode::KeepUnsynced => 2,
+        CrashMode::ProcessOnly => 3,
         CrashMode::TearSectors { seed } => seed,
     }
 }

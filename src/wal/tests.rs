@@ -1467,3 +1467,48 @@ fn other_io_uring_setup_failures_are_errors_and_mmap_never_sets_up_a_ring() {
     assert_eq!(wal.writer(), WriterKind::Mmap);
     wal.shutdown();
 }
+
+/// A batch a killed writer left in the page cache (written, never synced) is replayed at the
+/// next open and, from then on, answered as durable: so the open syncs it first. Found by
+/// review: it was published as durable with no sync, and a power loss then took it back.
+#[test]
+fn a_batch_a_killed_writer_left_unsynced_is_synced_at_the_next_open() {
+    use crate::wal::storage::{SegmentWriter, Storage};
+    let storage = SimStorage::default();
+    let (wal, _fatal) = open_failing(&storage);
+    assert_eq!(append_durable(&wal, 1, b"one".to_vec()), 1);
+    wal.shutdown();
+    drop(wal);
+    // The previous process wrote batch 2 at the tail and was killed before its sync.
+    let (writer, report) =
+        recover::<_, std::convert::Infallible>(storage.clone(), 1024 * 1024, |_| Ok(()))
+            .expect("recover");
+    drop(writer);
+    let mut segment = storage
+        .open_segment(&report.tail_segment, 1024 * 1024)
+        .expect("open tail");
+    segment
+        .write_at(
+            report.tail_offset_bytes as usize,
+            &encoded_batch(2, &[b"two".to_vec()]),
+        )
+        .expect("write, no sync");
+    drop(segment);
+
+    // The restart (same kernel, same page cache) replays it and calls it durable...
+    let (wal, _fatal) = open_failing(&storage);
+    assert_eq!(wal.durable_seq(), 2);
+    wal.shutdown();
+    drop(wal);
+
+    // ... so a power loss now must not take it back.
+    let mut disk = storage.snapshot();
+    disk.crash(CrashMode::DropUnsynced);
+    let mut seqs = Vec::new();
+    recover::<_, std::convert::Infallible>(SimStorage::from_disk(disk), 1024 * 1024, |r| {
+        seqs.push(r.seq);
+        Ok(())
+    })
+    .expect("recover after power loss");
+    assert_eq!(seqs, vec![1, 2], "seq 2 was answered as durable, then lost");
+}
