@@ -143,6 +143,9 @@ pub enum ClaimOutcome {
     Claimed(VoucherView, Durability),
     Replayed(VoucherView, Durability),
     AlreadyClaimed(VoucherView, Durability),
+    /// The request ID was used with another body: a refusal that rests on the claim that
+    /// used it, so it is answered once that claim is durable.
+    RequestIdReused(Durability),
     Refused(Refusal),
     UnknownTranche,
     /// The WAL refused to queue the record (full or shutting down); nothing changed.
@@ -324,6 +327,13 @@ fn assert_replayable(book: &TrancheBook, event: &Event) {
         );
     }
 }
+
+/// Merchant counts per (county, industry), the totals, and when they may be shown.
+pub type MerchantCounts = (
+    Vec<(CountyCode, String, StatusCounts)>,
+    StatusCounts,
+    Result<Durability, AppendError>,
+);
 
 /// State rebuilt from the WAL, before the WAL is open for appends.
 pub struct Recovered {
@@ -792,11 +802,24 @@ impl Dispenser {
                     Err(e) => ClaimOutcome::Unavailable(e),
                 }
             }
+            ClaimDecision::Refused(Refusal::RequestIdReused) => {
+                // The tranche's newest record is at or after the claim that used the ID.
+                let seq = book.last_seq();
+                drop(book);
+                match self.durability(seq) {
+                    Ok(d) => ClaimOutcome::RequestIdReused(d),
+                    Err(e) => ClaimOutcome::Unavailable(e),
+                }
+            }
             ClaimDecision::Refused(refusal) => ClaimOutcome::Refused(refusal),
         }
     }
 
-    pub fn voucher(&self, id: VoucherId, now: UnixMillis) -> Option<(VoucherView, Durability)> {
+    pub fn voucher(
+        &self,
+        id: VoucherId,
+        now: UnixMillis,
+    ) -> Option<(VoucherView, Result<Durability, AppendError>)> {
         let shard = self
             .catalog
             .read()
@@ -808,9 +831,9 @@ impl Dispenser {
         // Later lifecycle records may not be durable yet either: wait for all.
         let seq = self.wal.next_seq() - 1;
         drop(book);
-        // A voucher whose record is not yet durable does not exist for readers.
-        let durability = self.durability(seq).ok()?;
-        Some((view, durability))
+        // A voucher whose record is not yet durable does not exist for readers: the answer
+        // waits on the durability (an error: the WAL cannot take the wait now, a 503).
+        Some((view, self.durability(seq)))
     }
 
     pub fn tranche(&self, tranche_id: &str, now: UnixMillis) -> Option<TrancheView> {
@@ -1127,11 +1150,13 @@ impl Dispenser {
     }
 
     /// One merchant, once every merchant record it may depend on is durable.
-    pub fn merchant(&self, merchant_id: &str) -> Option<(Merchant, Durability)> {
+    pub fn merchant(
+        &self,
+        merchant_id: &str,
+    ) -> Option<(Merchant, Result<Durability, AppendError>)> {
         let shard = self.merchants.read();
         let merchant = shard.registry.get(merchant_id)?.clone();
-        let durability = self.durability(shard.last_seq).ok()?;
-        Some((merchant, durability))
+        Some((merchant, self.durability(shard.last_seq)))
     }
 
     /// Reads the registry under its read lock (for redemption and listings).
@@ -1159,14 +1184,20 @@ impl Dispenser {
     }
 
     /// Counts by (county, industry) cell, and totals by status.
-    pub fn merchant_counts(&self) -> (Vec<(CountyCode, String, StatusCounts)>, StatusCounts) {
+    /// Merchant counts per county and industry, and in all; the answer waits on the
+    /// returned durability (an import or status change may not be synced yet).
+    pub fn merchant_counts(&self) -> MerchantCounts {
         let shard = self.merchants.read();
         let cells = shard
             .registry
             .counts()
             .map(|(county, industry, counts)| (county, industry.to_owned(), counts))
             .collect();
-        (cells, shard.registry.totals())
+        (
+            cells,
+            shard.registry.totals(),
+            self.durability(shard.last_seq),
+        )
     }
 
     /// A consistent copy of the whole state, for a snapshot. Holds every lock

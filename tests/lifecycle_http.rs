@@ -360,15 +360,33 @@ fn revocation_by_voucher_and_identity_recovers_to_the_pool() {
     // A revoked identity still holds its (revoked) voucher: no second claim.
     let again = c.claim(&claim_body("t1", "bot-0", "r-again", lng, lat));
     assert_eq!(again.status, 409);
-    // Revoking again changes nothing and says so.
-    let r = daemon.admin_client().request(
-        "POST",
-        "/admin/v1/vouchers:revoke",
-        &[("authorization", &auth)],
-        Some(body.to_string().as_bytes()),
+    // The same case again (a retry) changes nothing and reports what the case did; another
+    // case finds them untouched. An ID naming no tranche is unknown.
+    let revoke = |body: &Value| {
+        daemon.admin_client().request(
+            "POST",
+            "/admin/v1/vouchers:revoke",
+            &[("authorization", &auth)],
+            Some(body.to_string().as_bytes()),
+        )
+    };
+    let r = revoke(&body);
+    assert_eq!(r.json()["revocation"], report, "a retry reports the same");
+    assert_eq!(ledger(&daemon, "c1")["pool_fen"], 3 * FACE);
+    let mut other_case = body.clone();
+    other_case["case_id"] = json!("YC-GA-2026-0999");
+    let mut no_such_tranche = ids[1].clone();
+    no_such_tranche.replace_range(1..9, "0000ffff");
+    other_case["voucher_ids"] = json!([ids[3], no_such_tranche]);
+    let r = revoke(&other_case);
+    assert_eq!(
+        r.json()["revocation"]["revoked_vouchers"],
+        0,
+        "{}",
+        r.text()
     );
-    assert_eq!(r.json()["revocation"]["revoked_vouchers"], 0);
     assert_eq!(r.json()["revocation"]["untouched_vouchers"], 3);
+    assert_eq!(r.json()["revocation"]["unknown_voucher_ids"], 1);
     let bad = json!({"voucher_ids": ["x"], "reason": "r", "case_id": "c"});
     let r = daemon.admin_client().request(
         "POST",
@@ -970,6 +988,47 @@ fn a_claim_answer_never_shows_a_redemption_a_crash_takes_back() {
             got.text()
         );
     }
+}
+
+/// `request_id_reused` rests on the claim that used the ID first, so it is answered once that
+/// claim is durable (found by review: it was answered from memory, and a kill -9 could then
+/// free the ID, so the same request later succeeded).
+#[test]
+fn request_id_reused_is_answered_only_once_the_first_claim_is_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = start_with_slow_commits(dir.path());
+    daemon.create_tranche("t1", &open_tranche_body(&[(420502, 10)]));
+    let (lng, lat) = point(420502);
+    let public = daemon.public;
+    // Not acknowledged (the kill comes first, or its answer races it): may or may not survive.
+    let first = std::thread::spawn(move || {
+        let body = claim_body("t1", "alice", "shared-request", lng, lat);
+        Client::new(public).try_request("POST", "/v1/claims", body.to_string().as_bytes())
+    });
+    // Wait until the first claim is applied in memory (the gauge is read from memory).
+    let deadline = Instant::now() + STARTUP_DEADLINE;
+    let mut c = daemon.client();
+    while !c
+        .get("/metrics")
+        .text()
+        .contains("voucherd_tranche_remaining_vouchers{tranche=\"t1\",county=\"420502\"} 9")
+    {
+        assert!(Instant::now() < deadline, "the first claim never applied");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let reused = claim_body("t1", "bob", "shared-request", lng, lat);
+    let r = c.claim(&reused);
+    assert_eq!(r.json()["outcome"], "request_id_reused", "{}", r.text());
+    daemon.kill();
+    let _ = first.join().expect("first");
+    let daemon = start(dir.path(), &lifecycle_config());
+    let again = daemon.client().claim(&reused);
+    assert_eq!(
+        again.json()["outcome"],
+        "request_id_reused",
+        "request_id_reused was answered, yet after kill -9 the ID was free: {}",
+        again.text()
+    );
 }
 
 /// A campaign's refund policy is fixed once it has a tranche; before that it may change.

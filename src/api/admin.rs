@@ -85,9 +85,14 @@ pub async fn put_tranche(app: &App, tranche_id: &str, body: &[u8]) -> Reply {
     match dispenser.define_tranche(spec, now) {
         Ok((defined, durability)) => {
             let mut body = defined_body(defined);
-            body.tranche = dispenser
-                .tranche(tranche_id, now)
-                .map(|v| TrancheBodyOut::from_view(&v, now));
+            // The view shows counts of claims that may have come after the definition and
+            // not be durable yet: the answer waits for them too.
+            if let Some((view, view_durability)) = dispenser.tranche_for_reader(tranche_id, now) {
+                body.tranche = Some(TrancheBodyOut::from_view(&view, now));
+                if let Err(reply) = super::shown_once_durable(app, view_durability).await {
+                    return reply;
+                }
+            }
             finish(app, defined, durability, body).await
         }
         Err(e) => admin_error(app, e),

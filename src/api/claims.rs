@@ -72,6 +72,12 @@ async fn decide(app: &App, body: &[u8]) -> (Label, Reply) {
         ClaimOutcome::AlreadyClaimed(view, d) => {
             (Label::AlreadyClaimed, StatusCode::CONFLICT, view, d)
         }
+        ClaimOutcome::RequestIdReused(durability) => {
+            if !durability.wait().await {
+                return (Label::Unavailable, super::unavailable(app));
+            }
+            return refused(Refusal::RequestIdReused, now);
+        }
         ClaimOutcome::Refused(refusal) => return refused(refusal, now),
         ClaimOutcome::UnknownTranche => {
             return (

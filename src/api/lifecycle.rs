@@ -61,8 +61,8 @@ pub async fn code(app: &App, id: &str) -> Reply {
     let Some((view, durability)) = dispenser.voucher(id, now) else {
         return outcome(StatusCode::NOT_FOUND, "unknown_voucher");
     };
-    if !durability.wait().await {
-        return super::unavailable(app);
+    if let Err(reply) = super::shown_once_durable(app, durability).await {
+        return reply;
     }
     if !view.state.can_show_code() {
         let mut body = OutcomeBody::outcome(match view.state {
@@ -92,8 +92,8 @@ pub async fn redemption(app: &App, id: &str) -> Reply {
     else {
         return outcome(StatusCode::NOT_FOUND, "unknown_redemption");
     };
-    if !durability.wait().await {
-        return super::unavailable(app);
+    if let Err(reply) = super::shown_once_durable(app, durability).await {
+        return reply;
     }
     let mut body = OutcomeBody::outcome("found");
     body.redemption = Some(RedemptionBodyOut::from_view(&view));

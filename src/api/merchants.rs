@@ -201,8 +201,8 @@ pub async fn get(app: &App, merchant_id: &str) -> Reply {
     let Some((merchant, durability)) = dispenser.merchant(merchant_id) else {
         return unknown_merchant();
     };
-    if !durability.wait().await {
-        return super::unavailable(app);
+    if let Err(reply) = super::shown_once_durable(app, durability).await {
+        return reply;
     }
     let name = dispenser.counties().name(merchant.county).unwrap_or("");
     json(
@@ -353,11 +353,14 @@ pub async fn list(app: &App, query: Option<&str>) -> Reply {
 /// Counts for every configured county and industry (zeros included), plus
 /// any county or industry that merchants hold but the configuration no
 /// longer lists.
-pub fn counts(app: &App) -> Reply {
+pub async fn counts(app: &App) -> Reply {
     let Some(dispenser) = app.dispenser() else {
         return super::unavailable(app);
     };
-    let (cells, totals) = dispenser.merchant_counts();
+    let (cells, totals, durability) = dispenser.merchant_counts();
+    if let Err(reply) = super::shown_once_durable(app, durability).await {
+        return reply;
+    }
     let mut industries: Vec<String> = dispenser.merchant_rules().industries().to_vec();
     for (_, industry, _) in &cells {
         if !industries.contains(industry) {

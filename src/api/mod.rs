@@ -351,7 +351,7 @@ async fn route_admin(
         (&Method::GET, ["admin", "v1", "merchants"]) => {
             merchants::list(app, request.uri().query()).await
         }
-        (&Method::GET, ["admin", "v1", "merchants:counts"]) => merchants::counts(app),
+        (&Method::GET, ["admin", "v1", "merchants:counts"]) => merchants::counts(app).await,
         (&Method::GET, ["admin", "v1", "merchants", id]) => merchants::get(app, id).await,
         (&Method::POST, ["admin", "v1", "merchants", id, "suspend"]) => {
             merchants::set_status(app, id, MerchantStatus::Suspended).await
@@ -486,6 +486,25 @@ fn method_not_allowed() -> Reply {
         StatusCode::METHOD_NOT_ALLOWED,
         &OutcomeBody::outcome("method_not_allowed"),
     )
+}
+
+/// Waits until what an answer shows is durable: `Err` with the reply to send instead when
+/// the WAL could not take the wait (full: 503 overloaded) or stopped (503 unavailable).
+async fn shown_once_durable(
+    app: &App,
+    durability: Result<crate::dispenser::Durability, crate::wal::AppendError>,
+) -> Result<(), Reply> {
+    match durability {
+        Ok(d) => {
+            if d.wait().await {
+                Ok(())
+            } else {
+                Err(unavailable(app))
+            }
+        }
+        Err(crate::wal::AppendError::QueueFull { .. }) => Err(overloaded()),
+        Err(_) => Err(unavailable(app)),
+    }
 }
 
 fn overloaded() -> Reply {

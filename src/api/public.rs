@@ -50,8 +50,8 @@ pub async fn voucher(app: &App, id: &str) -> Reply {
     let Some((view, durability)) = dispenser.voucher(id, app.now()) else {
         return not_found();
     };
-    if !durability.wait().await {
-        return super::unavailable(app);
+    if let Err(reply) = super::shown_once_durable(app, durability).await {
+        return reply;
     }
     let mut body = OutcomeBody::outcome("found");
     body.voucher = Some(VoucherBody::from_view(&view));

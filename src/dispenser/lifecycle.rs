@@ -199,14 +199,17 @@ impl Dispenser {
         RedeemOutcome::Redeemed(redemption_view(&book, index), durability)
     }
 
-    pub fn redemption(&self, id: RedemptionId) -> Option<(RedemptionView, Durability)> {
+    pub fn redemption(
+        &self,
+        id: RedemptionId,
+    ) -> Option<(RedemptionView, Result<Durability, AppendError>)> {
         let shard = self.shard_by_ordinal(id.tranche_ordinal)?;
         let book = shard.lock();
         let index = book.redemption_index(id.random)?;
         let view = redemption_view(&book, index);
         let seq = self.newest_seq();
         drop(book);
-        Some((view, self.durability(seq).ok()?))
+        Some((view, self.durability(seq)))
     }
 
     /// Records a refund against a redemption under the campaign's refund policy.
@@ -279,7 +282,12 @@ impl Dispenser {
     ) -> Result<(RevokeReport, Durability), AdminError> {
         let mut report = RevokeReport::default();
         let shards: Vec<Shard> = self.catalog.read().tranches().to_vec();
-        let mut last = None;
+        // IDs whose tranche ordinal names no tranche are unknown too.
+        report.unknown_voucher_ids += targets
+            .voucher_ids
+            .iter()
+            .filter(|id| id.tranche_ordinal as usize >= shards.len())
+            .count() as u64;
         for shard in shards {
             let mut book = shard.lock();
             let mut indexes: Vec<u32> = Vec::new();
@@ -302,48 +310,40 @@ impl Dispenser {
             if indexes.is_empty() {
                 continue;
             }
-            let face = book.spec().face_value_fen;
             let decided = book.decide_revoke(&indexes, reason, case_id, now);
-            let acted = decided
-                .as_ref()
-                .map_or(0, |d| d.revoked.len() + d.flagged.len()) as u64;
-            report.untouched_vouchers += indexes.len() as u64 - acted;
-            let Some(event) = decided else { continue };
-            report.revoked_vouchers += event.revoked.len() as u64;
-            report.recovered_to_pool_fen += event.revoked.len() as u64 * face;
-            report.already_redeemed_vouchers += event.flagged.len() as u64;
-            report.already_redeemed_fen += event
-                .flagged
-                .iter()
-                .map(|random| {
-                    let i = book
-                        .voucher_index(VoucherId {
-                            tranche_ordinal: book.ordinal(),
-                            random: *random,
-                        })
-                        .expect("flagged voucher");
-                    let r = book
-                        .voucher_status(i)
-                        .redemption
-                        .expect("flagged voucher is redeemed");
-                    face - book.redemption(r).returned_fen
-                })
-                .sum::<u64>();
-            for chunk in split_revocation(event) {
+            for chunk in decided.into_iter().flat_map(split_revocation) {
                 let event = Event::VouchersRevoked(chunk);
                 assert_replayable(&book, &event);
-                let (seq, durability) =
-                    self.append_event(&event).map_err(AdminError::Unavailable)?;
+                let (seq, _) = self.append_event(&event).map_err(AdminError::Unavailable)?;
                 book.apply_event(Arc::new(event), seq);
-                last = Some(durability);
+            }
+            // What this case did to each named voucher, now or in an earlier attempt of the
+            // same case (one cut short by a failed append or a crash between its records, then
+            // retried): a retry reports what the whole case did, never "untouched".
+            let face = book.spec().face_value_fen;
+            for &i in &indexes {
+                let status = book.voucher_status(i);
+                let by_this_case = status
+                    .revocation
+                    .is_some_and(|case| book.revocation(case).case_id == case_id);
+                match (by_this_case, status.state, status.redemption) {
+                    (true, VoucherState::Revoked, _) => {
+                        report.revoked_vouchers += 1;
+                        report.recovered_to_pool_fen += face;
+                    }
+                    (true, VoucherState::Redeemed, Some(r)) => {
+                        report.already_redeemed_vouchers += 1;
+                        report.already_redeemed_fen += face - book.redemption(r).returned_fen;
+                    }
+                    _ => report.untouched_vouchers += 1,
+                }
             }
         }
-        let durability = match last {
-            Some(d) => d,
-            None => self
-                .durability(self.newest_seq())
-                .map_err(AdminError::Unavailable)?,
-        };
+        // The report rests on every voucher it read, some changed by records of other
+        // requests that may not be durable yet: wait for everything appended so far.
+        let durability = self
+            .durability(self.newest_seq())
+            .map_err(AdminError::Unavailable)?;
         Ok((report, durability))
     }
 
