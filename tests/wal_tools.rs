@@ -375,6 +375,125 @@ fn verify_dump_and_stats_agree_with_what_was_acknowledged() {
     );
 }
 
+/// Draws `body` (`{"vouchers": N}` or `{"quotas": {...}}`) from campaign c1's pool into
+/// `tranche`, waiting (bounded) for the settlement timer to fill the pool first.
+fn draw_from_pool(daemon: &Daemon, tranche: &str, body: &Value) {
+    let auth = format!("Bearer {ADMIN_TOKEN}");
+    let mut admin = daemon.admin_client();
+    let deadline = Instant::now() + STARTUP_DEADLINE;
+    loop {
+        let reply = admin.request(
+            "POST",
+            &format!("/admin/v1/tranches/{tranche}/draw"),
+            &[("authorization", &auth)],
+            Some(body.to_string().as_bytes()),
+        );
+        if reply.status == 200 {
+            return;
+        }
+        assert_eq!(
+            (reply.status, reply.json()["outcome"].as_str()),
+            (409, Some("pool_too_small")),
+            "{}",
+            reply.text()
+        );
+        assert!(Instant::now() < deadline, "the pool never filled");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Found by review: `stats` reported each county's quota as defined, without the pool draws
+/// the daemon adds to it, so claims of drawn vouchers looked like over-issuance to an auditor
+/// comparing them with `GET /v1/tranches/{id}`, as docs/operations.md says to.
+#[test]
+fn stats_quotas_include_pool_draws_as_the_daemon_reports_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let daemon = start(dir.path(), &TestConfig::default());
+    let now = chrono::Utc::now();
+    let hour = chrono::Duration::hours(1);
+    // Already over: its 10 unclaimed vouchers go to the pool at settlement.
+    daemon.create_tranche(
+        "over",
+        &tranche_body(now - hour * 2, now - hour, &[(COUNTY, 10)]),
+    );
+    let quotas = three_county_quotas(2);
+    assert_eq!(quotas[0].0, COUNTY, "the first county is {COUNTY}");
+    daemon.create_tranche("live", &open_tranche_body(&quotas));
+    draw_from_pool(
+        &daemon,
+        "live",
+        &serde_json::json!({"quotas": {COUNTY.to_string(): 3}}),
+    );
+    draw_from_pool(&daemon, "live", &serde_json::json!({"vouchers": 2}));
+    // Every county sold out, the first past its defined quota of 2.
+    let mut client = daemon.client();
+    let mut claimed = BTreeMap::new();
+    for (code, lng, lat) in county_points().into_iter().take(3) {
+        let mut count = 0u64;
+        for i in 0.. {
+            let (user, request) = (format!("{code}-user-{i}"), format!("{code}-req-{i}"));
+            let reply = client.claim(&claim_body("live", &user, &request, lng, lat));
+            if reply.status != 201 {
+                break;
+            }
+            count += 1;
+            assert!(count <= 20, "more vouchers than were defined and drawn");
+        }
+        claimed.insert(code.to_string(), count);
+    }
+    assert_eq!(claimed.values().sum::<u64>(), 3 * 2 + 3 + 2, "{claimed:?}");
+    assert!(claimed[&COUNTY.to_string()] >= 5, "{claimed:?}");
+    let view = daemon.client().get("/v1/tranches/live").json();
+    let reported: BTreeMap<String, (u64, u64)> = view["counties"]
+        .as_array()
+        .expect("counties")
+        .iter()
+        .map(|c| {
+            let county = c["county"].as_str().expect("county").to_owned();
+            let quota = c["quota"].as_u64().expect("quota");
+            assert_eq!(c["remaining"], 0, "sold out: {view}");
+            assert_eq!(quota, claimed[&county], "{view}");
+            (county, (quota, quota))
+        })
+        .collect();
+    daemon.kill();
+
+    assert_eq!(tool_on(&["verify"], &wal_dir(dir.path())).code, Some(0));
+    let run = tool_on(&["stats", "--json"], &wal_dir(dir.path()));
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let stats: Value = serde_json::from_str(&run.stdout).expect("stats JSON");
+    let live = stats["tranches"]
+        .as_array()
+        .expect("tranches")
+        .iter()
+        .find(|t| t["tranche_id"] == "live")
+        .expect("tranche live");
+    let counted: BTreeMap<String, (u64, u64)> = live["counties"]
+        .as_array()
+        .expect("counties")
+        .iter()
+        .map(|c| {
+            (
+                c["county"].as_str().expect("county").to_owned(),
+                (
+                    c["quota"].as_u64().expect("quota"),
+                    c["claims"].as_u64().expect("claims"),
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(counted, reported, "stats and GET /v1/tranches/live agree");
+    let table = tool_on(&["stats"], &wal_dir(dir.path()));
+    let (quota, claims) = reported[&COUNTY.to_string()];
+    assert!(
+        table
+            .stdout
+            .contains(&format!("  {COUNTY:<8} {quota:>10} {claims:>10}")),
+        "{}",
+        table.stdout
+    );
+}
+
 #[test]
 fn a_running_daemon_locks_the_tools_out() {
     let dir = tempfile::tempdir().expect("tempdir");

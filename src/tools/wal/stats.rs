@@ -1,7 +1,10 @@
 //! `voucherd wal stats DIR [--json]`: what the log holds, counted.
 //!
 //! Records and payload bytes per record type; per tranche its ordinal, definitions, controls
-//! and claims; per county within a tranche its quota (from the latest definition) and claims.
+//! and claims; per county within a tranche its quota and claims. The quota is the one the
+//! daemon holds and `GET /v1/tranches/{id}` reports: the latest definition's, plus every pool
+//! draw after it (auditors compare claims with it, so a quota without the draws would show a
+//! county that drew from the pool as over-issued).
 //! Memory is bounded by tranches × counties, whatever the number of records.
 
 use std::collections::{BTreeMap, HashMap};
@@ -34,7 +37,8 @@ struct TypeTally {
 
 #[derive(Debug, Default)]
 struct CountyTally {
-    /// Quota in the tranche's latest definition; `None` if a claim names a county it lacks.
+    /// Quota in the tranche's latest definition plus the pool draws after it (as the core's
+    /// `apply_draw` adds them); `None` if a claim or draw names a county the definition lacks.
     quota: Option<u32>,
     claims: u64,
 }
@@ -73,8 +77,9 @@ impl Tally {
                 let tranche = self.tranche(&spec.tranche_id);
                 tranche.ordinal = Some(*ordinal);
                 tranche.definitions += 1;
-                // A redefinition replaces the quotas (it is only allowed before any claim, but
-                // a county with claims stays listed whatever the log says).
+                // A redefinition replaces the quotas, draws included, as the core's
+                // `apply_redefine` does (it is only allowed before any claim or draw, but a
+                // county with claims stays listed whatever the log says).
                 tranche.counties.retain(|_, county| county.claims > 0);
                 for county in tranche.counties.values_mut() {
                     county.quota = None;
@@ -88,6 +93,16 @@ impl Tally {
                 let tranche = self.tranche(claim.tranche_id());
                 tranche.claims += 1;
                 tranche.counties.entry(claim.county.0).or_default().claims += 1;
+            }
+            Event::PoolDrawn(draw) => {
+                let tranche = self.tranche(&draw.tranche_id);
+                tranche.lifecycle += 1;
+                // A county may repeat within one draw: each entry adds. Saturating, because a
+                // log `serve` refuses (a quota past u32::MAX) is still counted, then reported.
+                for (county, added) in &draw.added {
+                    let county = tranche.counties.entry(county.0).or_default();
+                    county.quota = county.quota.map(|quota| quota.saturating_add(*added));
+                }
             }
             other => {
                 if let Some(id) = other.tranche_id() {
@@ -307,6 +322,24 @@ mod tests {
         }
     }
 
+    fn draw(added: &[(u32, u32)]) -> Event {
+        Event::PoolDrawn(crate::core::event::PoolDrawn {
+            tranche_id: "t".into(),
+            added: added.iter().map(|(c, n)| (CountyCode(*c), *n)).collect(),
+            amount_fen: added.iter().map(|(_, n)| u64::from(*n)).sum(),
+            rollover: false,
+            at: UnixMillis(0),
+        })
+    }
+
+    fn quotas_and_claims(tally: &Tally) -> Vec<(u32, Option<u32>, u64)> {
+        tally.tranches[0]
+            .counties
+            .iter()
+            .map(|(county, c)| (*county, c.quota, c.claims))
+            .collect()
+    }
+
     fn claim(county: u32) -> Event {
         Event::VoucherClaimed(VoucherClaimed::new(ClaimFields {
             tranche_id: "t",
@@ -367,5 +400,70 @@ mod tests {
             .map(|(county, c)| (*county, c.quota, c.claims))
             .collect();
         assert_eq!(counties, [(2, Some(7), 2), (3, Some(9), 1)]);
+    }
+
+    /// Found by review: a pool draw raises a county's quota in the daemon (`GET
+    /// /v1/tranches/{id}`), but stats reported the defined quota, so claims against drawn
+    /// vouchers looked like over-issuance.
+    #[test]
+    fn quotas_include_pool_draws_with_repeated_counties() {
+        let mut tally = Tally::default();
+        let events = [
+            define(&[(2, 1), (3, 4)]),
+            draw(&[(2, 1), (2, 1)]),
+            draw(&[(2, 1), (3, 5)]),
+            claim(2),
+            claim(2),
+            claim(2),
+            claim(2),
+        ];
+        for (seq, event) in (1..).zip(&events) {
+            tally.add(seq, 10, event);
+        }
+        assert_eq!(
+            quotas_and_claims(&tally),
+            [(2, Some(4), 4), (3, Some(9), 0)]
+        );
+        assert_eq!(
+            tally.tranches[0].lifecycle, 2,
+            "draws are lifecycle records"
+        );
+    }
+
+    /// A redefinition replaces the quotas; draws after it add to the new ones. (A draw before a
+    /// redefinition makes a log `serve` refuses; stats then shows the redefinition's quotas, as
+    /// the core's `apply_redefine` would.)
+    #[test]
+    fn quotas_are_the_latest_definition_plus_later_draws() {
+        let mut tally = Tally::default();
+        let events = [
+            define(&[(1, 5), (2, 5)]),
+            draw(&[(1, 3)]),
+            define(&[(2, 7), (3, 9)]),
+            draw(&[(2, 2), (3, 1)]),
+            claim(3),
+        ];
+        for (seq, event) in (1..).zip(&events) {
+            tally.add(seq, 10, event);
+        }
+        assert_eq!(
+            quotas_and_claims(&tally),
+            [(2, Some(9), 0), (3, Some(10), 1)]
+        );
+    }
+
+    /// A draw naming a county the definition lacks (refused by replay) invents no quota, and
+    /// quotas past `u32::MAX` saturate instead of panicking.
+    #[test]
+    fn bad_draws_neither_invent_quotas_nor_panic() {
+        let mut tally = Tally::default();
+        let events = [define(&[(2, 1)]), draw(&[(2, u32::MAX), (5, 1)])];
+        for (seq, event) in (1..).zip(&events) {
+            tally.add(seq, 10, event);
+        }
+        assert_eq!(
+            quotas_and_claims(&tally),
+            [(2, Some(u32::MAX), 0), (5, None, 0)]
+        );
     }
 }
