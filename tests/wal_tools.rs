@@ -710,14 +710,25 @@ fn events(claims: u64) -> Vec<Event> {
 
 /// Writes `events` as WAL records through the WAL itself, then closes it cleanly.
 fn write_log(dir: &Path, segment_size_bytes: u64, events: &[Event]) {
+    let records = events
+        .iter()
+        .map(|event| (journal::kind_of(event), journal::encode(event)));
+    write_records(dir, segment_size_bytes, records);
+}
+
+/// Writes `(kind, payload)` records through the WAL itself, then closes it cleanly.
+fn write_records(
+    dir: &Path,
+    segment_size_bytes: u64,
+    records: impl IntoIterator<Item = (u8, Vec<u8>)>,
+) {
     let mut options = wal::WalOptions::new(dir);
     options.segment_size_bytes = segment_size_bytes;
     options.max_batch_bytes = wal::MIN_BATCH_BYTES;
     let (log, _) = wal::open(options, |_| Ok::<(), ()>(())).expect("open a new log");
-    for event in events {
+    for (kind, payload) in records {
         let (durable, _) = tokio::sync::oneshot::channel();
-        log.append(journal::kind_of(event), journal::encode(event), durable)
-            .expect("append");
+        log.append(kind, payload, durable).expect("append");
     }
     log.shutdown();
 }
@@ -811,11 +822,11 @@ fn verify_and_dump_span_segments_and_refuse_a_damaged_sealed_one() {
     );
 }
 
-#[test]
-fn verify_replays_records_as_serve_would() {
-    // Each log passes every checksum, but `serve` could not replay it.
+/// Logs that pass every checksum but that `serve` could not replay, each with its name and the
+/// refusal the tools name on stderr.
+fn unreplayable_logs() -> [(&'static str, Vec<Event>, &'static str); 4] {
     let campaign = events(0)[0].clone();
-    let cases: [(&str, Vec<Event>, &str); 4] = [
+    [
         (
             "claim on an undefined tranche",
             vec![claim("nowhere", 0)],
@@ -851,8 +862,12 @@ fn verify_replays_records_as_serve_would() {
             ],
             "cannot replay: rebuilt state: campaign c1: tranches released 2000 fen of a budget of 1 fen",
         ),
-    ];
-    for (name, events, expected) in cases {
+    ]
+}
+
+#[test]
+fn verify_replays_records_as_serve_would() {
+    for (name, events, expected) in unreplayable_logs() {
         let dir = tempfile::tempdir().expect("tempdir");
         write_log(dir.path(), wal::MIN_SEGMENT_SIZE_BYTES, &events);
         let run = tool_on(&["verify"], dir.path());
@@ -860,4 +875,121 @@ fn verify_replays_records_as_serve_would() {
         assert!(run.stderr.contains(expected), "{name}: {}", run.stderr);
         assert!(run.stdout.is_empty(), "{name}: {}", run.stdout);
     }
+}
+
+/// Found by review: docs/operations.md gives `dump` and `stats` exit 65 for a record that
+/// cannot be replayed, but they only decoded, so an over-issued county was counted as fact with
+/// exit 0. They print what they can (a dump of a refused log is what forensics needs), then
+/// name the refusal as `verify` does, with exit 65, also when their reader went away.
+#[test]
+fn dump_and_stats_print_what_they_can_and_exit_65_on_a_log_serve_refuses() {
+    for (name, events, expected) in unreplayable_logs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_log(dir.path(), wal::MIN_SEGMENT_SIZE_BYTES, &events);
+
+        let dump = tool_on(&["dump"], dir.path());
+        assert_eq!(dump.code, Some(65), "{name}: {dump:?}");
+        assert!(dump.stderr.contains(expected), "{name}: {}", dump.stderr);
+        assert!(
+            dump.stderr.contains("`voucherd serve` refuses to start"),
+            "{name}: {}",
+            dump.stderr
+        );
+        let seqs: Vec<u64> = dump
+            .json_lines()
+            .iter()
+            .map(|l| l["seq"].as_u64().expect("seq"))
+            .collect();
+        assert_eq!(
+            seqs,
+            (1..=events.len() as u64).collect::<Vec<_>>(),
+            "{name}"
+        );
+
+        let stats = tool_on(&["stats", "--json"], dir.path());
+        assert_eq!(stats.code, Some(65), "{name}: {stats:?}");
+        assert!(stats.stderr.contains(expected), "{name}: {}", stats.stderr);
+        let json: Value = serde_json::from_str(&stats.stdout).expect("stats JSON");
+        assert_eq!(json["records"], events.len(), "{name}");
+        let refusal = json["replay_refusal"].as_str().expect("a refusal");
+        assert!(refusal.contains(expected), "{name}: {refusal}");
+
+        let table = tool_on(&["stats"], dir.path());
+        assert_eq!(table.code, Some(65), "{name}: {table:?}");
+        assert!(
+            field(&table.stdout, "replay").starts_with("REFUSED (exit 65): "),
+            "{name}: {}",
+            table.stdout
+        );
+        // The verdict stands when nothing could be printed.
+        let (code, stderr) = tool_on_closed_stdout(&["stats"], dir.path());
+        assert_eq!(code, Some(65), "{name}: {stderr}");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+    }
+
+    // The over-issue as an auditor sees it: quota 1, claims 2, and the refusal.
+    let (_, over_issued, _) = &unreplayable_logs()[2];
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_log(dir.path(), wal::MIN_SEGMENT_SIZE_BYTES, over_issued);
+    let stats = tool_on(&["stats", "--json"], dir.path());
+    let json: Value = serde_json::from_str(&stats.stdout).expect("stats JSON");
+    let county = &json["tranches"][0]["counties"][0];
+    assert_eq!(
+        (&county["quota"], &county["claims"]),
+        (&1.into(), &2.into())
+    );
+
+    // A clean log says so, in both forms.
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_log(dir.path(), wal::MIN_SEGMENT_SIZE_BYTES, &events(3));
+    let json = tool_on(&["stats", "--json"], dir.path());
+    assert_eq!(json.code, Some(0), "{json:?}");
+    let json: Value = serde_json::from_str(&json.stdout).expect("stats JSON");
+    assert_eq!(json["replay_refusal"], Value::Null);
+    let table = tool_on(&["stats"], dir.path());
+    assert_eq!(
+        field(&table.stdout, "replay"),
+        "clean (as `voucherd serve` replays it)"
+    );
+}
+
+/// A record that passes its checksums but does not decode: `dump` and `stats` leave it out and
+/// go on, then name it with exit 65.
+#[test]
+fn dump_and_stats_leave_out_a_record_that_does_not_decode_and_exit_65() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = events(2);
+    let encoded = |e: &Event| (journal::kind_of(e), journal::encode(e));
+    let undecodable = (journal::kind_of(&good[3]), vec![0xff; 7]);
+    let records = good[..3]
+        .iter()
+        .map(encoded)
+        .chain([undecodable])
+        .chain(good[3..].iter().map(encoded));
+    write_records(dir.path(), wal::MIN_SEGMENT_SIZE_BYTES, records);
+
+    let dump = tool_on(&["dump"], dir.path());
+    assert_eq!(dump.code, Some(65), "{dump:?}");
+    assert!(
+        dump.stderr.contains("cannot replay record 4: "),
+        "{}",
+        dump.stderr
+    );
+    let seqs: Vec<u64> = dump
+        .json_lines()
+        .iter()
+        .map(|l| l["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 5]);
+    let stats = tool_on(&["stats", "--json"], dir.path());
+    assert_eq!(stats.code, Some(65), "{stats:?}");
+    let json: Value = serde_json::from_str(&stats.stdout).expect("stats JSON");
+    assert_eq!(json["record_types"]["voucher_claimed"]["records"], 2);
+    assert!(
+        json["replay_refusal"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("cannot replay record 4: ")),
+        "{json}"
+    );
+    assert_eq!(tool_on(&["verify"], dir.path()).code, Some(65));
 }

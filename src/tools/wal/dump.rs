@@ -7,8 +7,12 @@
 //! in the HTTP API, and the 64- and 128-bit values (`voucher_random`, `request_fingerprint`)
 //! are lowercase hex strings, because many JSON readers round integers above 2^53.
 //!
-//! Memory is bounded by the number of tranches, not records: one record is decoded, printed
-//! and dropped at a time. A reader that goes away early (`| head`) ends the dump with exit 0.
+//! One record is decoded, printed and dropped at a time, but every record is also replayed as
+//! `serve` replays it (`replay.rs`), which takes what a daemon start takes. A log `serve`
+//! refuses is still dumped in full, for forensics (a record that does not decode is left out),
+//! and then the first record refused is named on stderr with exit 65: a dump must not pass for
+//! a clean log. A reader that goes away early (`| head`) ends the dump, and the replay, with
+//! exit 0, unless a record read before that was refused.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -18,9 +22,8 @@ use serde_json::{Map, Value, json};
 
 use crate::core::event::{RefundPolicy, Rollover, Settlement};
 use crate::core::{Crs, Event, RedemptionId, TrancheControl, VoucherClaimed, VoucherId};
-use crate::journal;
-use crate::tools::EXIT_OK;
-use crate::tools::wal::{RecordType, Stop, fail, scan, stdout};
+use crate::tools::wal::replay::Replay;
+use crate::tools::wal::{Failure, RecordType, Stop, conclude, scan, stdout};
 use crate::wire_time::format_beijing;
 
 const TOOL: &str = "dump";
@@ -68,41 +71,41 @@ impl Ordinals {
 pub fn run(dir: &Path, filter: &DumpFilter) -> i32 {
     let mut out = stdout();
     let mut ordinals = Ordinals::default();
+    let mut replay = Replay::new();
     let scanned = scan(dir, |record| {
-        let event = journal::decode(record.kind, record.payload).map_err(|e| {
-            Stop::Record(format!(
-                "cannot decode record {} (kind {}): {e}",
-                record.seq, record.kind
-            ))
-        })?;
-        ordinals.observe(&event);
-        if !filter.accepts(&event) {
+        let Some(event) = replay.decode(record.seq, record.kind, record.payload) else {
             return Ok(());
+        };
+        ordinals.observe(&event);
+        if filter.accepts(&event) {
+            let line = record_json(record.seq, &event, &ordinals);
+            serde_json::to_writer(&mut out, &line)
+                .map_err(std::io::Error::from)
+                .and_then(|()| out.write_all(b"\n"))
+                .map_err(Stop::Output)?;
         }
-        let line = record_json(record.seq, &event, &ordinals);
-        serde_json::to_writer(&mut out, &line)
-            .map_err(std::io::Error::from)
-            .and_then(|()| out.write_all(b"\n"))
-            .map_err(Stop::Output)
+        replay.apply(record.seq, record.kind, event);
+        Ok(())
     });
+    let refusal = match &scanned {
+        Ok(_) => replay.finish(),
+        // The reader went away: the dump ends there, and the replay of what it did not read.
+        Err(Failure::OutputClosed) => replay.flush(),
+        Err(_) => None,
+    };
     let finished = scanned.and_then(|scanned| {
         out.flush()?;
-        Ok(scanned)
-    });
-    match finished {
-        Ok(scanned) => {
-            let torn_bytes = scanned.report.truncated_tail_bytes;
-            if torn_bytes > 0 {
-                let _ = writeln!(
-                    std::io::stderr(),
-                    "voucherd wal {TOOL}: note: the log ends in a torn tail of {torn_bytes} bytes \
-                     (not records; `voucherd serve` erases it). `voucherd wal verify` says more"
-                );
-            }
-            EXIT_OK
+        let torn_bytes = scanned.report.truncated_tail_bytes;
+        if torn_bytes > 0 {
+            let _ = writeln!(
+                std::io::stderr(),
+                "voucherd wal {TOOL}: note: the log ends in a torn tail of {torn_bytes} bytes \
+                 (not records; `voucherd serve` erases it). `voucherd wal verify` says more"
+            );
         }
-        Err(failure) => fail(TOOL, &failure),
-    }
+        Ok(())
+    });
+    conclude(TOOL, finished, refusal)
 }
 
 /// The JSON object of one record. `ordinals` must include the record's own tranche definition.

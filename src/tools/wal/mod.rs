@@ -1,19 +1,24 @@
 //! `voucherd wal verify | dump | stats`: read-only views of a write-ahead log.
 //!
 //! Every tool goes through [`crate::wal::scan`], which takes a shared `flock` on the directory
-//! (so it refuses while a daemon has the log open), validates the whole log exactly as `serve`
-//! would, and only then delivers the records in seq order. A tool therefore never prints half a
-//! dump of a log that turns out to be corrupt, and never modifies a byte.
+//! (so it refuses while a daemon has the log open), validates the whole log's framing exactly
+//! as `serve` would (segments, checksums, seq continuity, the tail), and only then delivers the
+//! records in seq order. A tool therefore never prints half a dump of a log that turns out to
+//! be corrupt, and never modifies a byte.
 //!
 //! `DIR` is the WAL directory (`<data_dir>/wal`). The data directory is accepted too: if
 //! `DIR/wal` is a directory, that is the log that is read.
 //!
-//! - `verify.rs`: checksums, seq continuity and tail state, plus a replay of every record
-//!   through the same `apply` code as `serve`.
+//! Every tool also replays every record through the code `serve` runs at start-up
+//! (`replay.rs`): a log `serve` refuses exits 65 from each of them, naming the first record
+//! refused. `dump` and `stats` print what they can first; `verify` stops there.
+//!
+//! - `verify.rs`: checksums, seq continuity and tail state, plus the replay.
 //! - `dump.rs`: one JSON object per record, streamed.
 //! - `stats.rs`: counts per record type, per tranche and per county.
 
 mod dump;
+mod replay;
 mod stats;
 mod verify;
 
@@ -42,10 +47,12 @@ pub enum WalCommand {
         /// The WAL directory (`<data_dir>/wal`), or the data directory that contains `wal/`.
         dir: PathBuf,
     },
-    /// Print every record as one JSON object per line.
+    /// Print every record as one JSON object per line, replaying each as `serve` would.
     ///
-    /// Exit 0 (also when the reader closes the pipe early), 65 corrupt, 66 missing, unreadable or
-    /// empty directory, 74 output failed, 75 locked by a running daemon.
+    /// Exit 0 (also when the reader closes the pipe early, unless a record read before that
+    /// cannot be replayed), 65 corrupt or a record cannot be replayed (after printing the
+    /// records), 66 missing, unreadable or empty directory, 74 output failed, 75 locked by a
+    /// running daemon.
     Dump {
         /// The WAL directory (`<data_dir>/wal`), or the data directory that contains `wal/`.
         dir: PathBuf,
@@ -56,10 +63,11 @@ pub enum WalCommand {
         #[arg(long = "type", value_name = "TYPE", value_enum)]
         types: Vec<RecordType>,
     },
-    /// Count records per type, and claims per tranche and per county.
+    /// Count records per type, and claims per tranche and per county, replaying each record as
+    /// `serve` would.
     ///
-    /// Exit 0, 65 corrupt, 66 missing, unreadable or empty directory, 74 output failed, 75 locked
-    /// by a running daemon.
+    /// Exit 0, 65 corrupt or a record cannot be replayed (after printing the counts), 66
+    /// missing, unreadable or empty directory, 74 output failed, 75 locked by a running daemon.
     Stats {
         /// The WAL directory (`<data_dir>/wal`), or the data directory that contains `wal/`.
         dir: PathBuf,
@@ -345,6 +353,20 @@ fn fail(tool: &str, failure: &Failure) -> i32 {
         let _ = writeln!(io::stderr(), "voucherd wal {tool}: {line}");
     }
     failure.exit_code()
+}
+
+/// Ends `dump` or `stats`, which print what they can: if the replay refused a record, exit 65
+/// naming it, whatever became of the output (as `verify`'s verdict: a reader that went away
+/// cannot turn a log `serve` refuses into exit 0); else the exit code of `printed`.
+fn conclude(tool: &str, printed: Result<(), Failure>, refusal: Option<&str>) -> i32 {
+    let Some(refusal) = refusal else {
+        return printed.map_or_else(|failure| fail(tool, &failure), |()| EXIT_OK);
+    };
+    if let Err(failure) = printed {
+        // Said on stderr; the exit code is the refusal's.
+        fail(tool, &failure);
+    }
+    fail(tool, &Failure::Unreplayable(refusal.to_owned()))
 }
 
 /// File name of `path`, for compact summaries (the directory is printed once).

@@ -5,7 +5,12 @@
 //! daemon holds and `GET /v1/tranches/{id}` reports: the latest definition's, plus every pool
 //! draw after it (auditors compare claims with it, so a quota without the draws would show a
 //! county that drew from the pool as over-issued).
-//! Memory is bounded by tranches × counties, whatever the number of records.
+//!
+//! Every record is also replayed as `serve` replays it (`replay.rs`): counts of a log `serve`
+//! refuses are no audit. The counts are printed all the same, with the first record refused
+//! (`replay` in the table, `replay_refusal` in JSON; a record that does not decode is left
+//! out of them), and the exit code is 65. The counts take memory bounded by tranches ×
+//! counties; the replay takes what a daemon start takes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -14,9 +19,9 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::core::Event;
-use crate::journal;
-use crate::tools::EXIT_OK;
-use crate::tools::wal::{Failure, RecordType, Scanned, Stop, fail, scan, stdout};
+use crate::tools::EXIT_CORRUPT;
+use crate::tools::wal::replay::Replay;
+use crate::tools::wal::{Failure, RecordType, Scanned, conclude, fail, scan, stdout};
 
 const TOOL: &str = "stats";
 
@@ -146,27 +151,26 @@ impl Tally {
 /// Runs `voucherd wal stats`; returns the exit code.
 pub fn run(dir: &Path, format: StatsFormat) -> i32 {
     let mut tally = Tally::default();
+    let mut replay = Replay::new();
     let scanned = scan(dir, |record| {
-        let event = journal::decode(record.kind, record.payload).map_err(|e| {
-            Stop::Record(format!(
-                "cannot decode record {} (kind {}): {e}",
-                record.seq, record.kind
-            ))
-        })?;
-        tally.add(record.seq, record.payload.len(), &event);
+        if let Some(event) = replay.decode(record.seq, record.kind, record.payload) {
+            tally.add(record.seq, record.payload.len(), &event);
+            replay.apply(record.seq, record.kind, event);
+        }
         Ok(())
     });
-    let printed = scanned.and_then(|scanned| {
-        let file_bytes = scanned.segment_file_bytes()?;
-        match format {
-            StatsFormat::Table => print_table(&scanned, file_bytes, &tally),
-            StatsFormat::Json => print_json(&scanned, file_bytes, &tally),
-        }
-    });
-    match printed {
-        Ok(()) => EXIT_OK,
-        Err(failure) => fail(TOOL, &failure),
-    }
+    let scanned = match scanned {
+        Ok(scanned) => scanned,
+        Err(failure) => return fail(TOOL, &failure),
+    };
+    let refusal = replay.finish();
+    let printed = scanned
+        .segment_file_bytes()
+        .and_then(|file_bytes| match format {
+            StatsFormat::Table => print_table(&scanned, file_bytes, &tally, refusal),
+            StatsFormat::Json => print_json(&scanned, file_bytes, &tally, refusal),
+        });
+    conclude(TOOL, printed, refusal)
 }
 
 fn seq_range(scanned: &Scanned, tally: &Tally) -> String {
@@ -176,7 +180,12 @@ fn seq_range(scanned: &Scanned, tally: &Tally) -> String {
     }
 }
 
-fn print_table(scanned: &Scanned, file_bytes: u64, tally: &Tally) -> Result<(), Failure> {
+fn print_table(
+    scanned: &Scanned,
+    file_bytes: u64,
+    tally: &Tally,
+    refusal: Option<&str>,
+) -> Result<(), Failure> {
     let report = &scanned.report;
     let mut out = stdout();
     writeln!(out, "WAL directory   {}", scanned.dir.display())?;
@@ -196,6 +205,17 @@ fn print_table(scanned: &Scanned, file_bytes: u64, tally: &Tally) -> Result<(), 
         "torn tail       {} bytes (not counted; `voucherd serve` erases them)",
         report.truncated_tail_bytes
     )?;
+    match refusal {
+        None => writeln!(
+            out,
+            "replay          clean (as `voucherd serve` replays it)"
+        )?,
+        Some(refusal) => writeln!(
+            out,
+            "replay          REFUSED (exit {EXIT_CORRUPT}): {refusal}; `voucherd serve` refuses \
+             to start on this log, so these counts are no audit"
+        )?,
+    }
     writeln!(out)?;
     writeln!(
         out,
@@ -242,7 +262,12 @@ fn print_table(scanned: &Scanned, file_bytes: u64, tally: &Tally) -> Result<(), 
     Ok(())
 }
 
-fn print_json(scanned: &Scanned, file_bytes: u64, tally: &Tally) -> Result<(), Failure> {
+fn print_json(
+    scanned: &Scanned,
+    file_bytes: u64,
+    tally: &Tally,
+    refusal: Option<&str>,
+) -> Result<(), Failure> {
     let report = &scanned.report;
     let types: serde_json::Map<String, Value> = RecordType::ALL
         .iter()
@@ -286,6 +311,7 @@ fn print_json(scanned: &Scanned, file_bytes: u64, tally: &Tally) -> Result<(), F
         "first_seq": tally.first_seq,
         "last_seq": tally.first_seq.map(|_| report.last_seq),
         "torn_tail_bytes": report.truncated_tail_bytes,
+        "replay_refusal": refusal,
         "record_types": types,
         "tranches": tranches,
     });

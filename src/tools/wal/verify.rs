@@ -2,20 +2,18 @@
 //!
 //! The WAL's own validation checks every checksum, the seq continuity within and across
 //! segments, and classifies the end of the log (clean, torn tail, or corruption). Then every
-//! record is replayed through [`Recovered::apply`], the code `serve` runs at start-up, so a
-//! record that passed its checksums but does not decode, or does not fit the state before it,
-//! is found too. The replayed state lives in memory as it would in the daemon.
+//! record is replayed through the code `serve` runs at start-up (`replay.rs`), so a record that
+//! passed its checksums but does not decode, or does not fit the state before it, is found too.
+//! The replayed state lives in memory as it would in the daemon.
 //!
 //! Exit codes: 0 clean, 1 torn tail (valid; `serve` erases it), 65 corrupt or not replayable,
 //! 66 missing, unreadable or empty directory, 75 locked by a running daemon. The code is the
 //! verdict even if stdout fails: a reader that goes away cannot turn a corrupt log into 0.
 
 use std::io::{self, Write};
-use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
 
-use crate::core::DigestKey;
-use crate::dispenser::Recovered;
+use crate::tools::wal::replay::Replay;
 use crate::tools::wal::{Failure, Scanned, Stop, fail, file_name, scan, stdout};
 use crate::tools::{EXIT_CORRUPT, EXIT_OK, EXIT_TORN_TAIL};
 
@@ -24,27 +22,20 @@ const TOOL: &str = "verify";
 /// Runs `voucherd wal verify`; returns the exit code.
 pub fn run(dir: &Path) -> i32 {
     let mut first_seq = None;
-    // The digest key only spreads identity hashes in memory; any key replays the same way.
-    let mut replayed = Recovered::new(DigestKey::new(rand::random(), rand::random()));
-    // The core asserts its money invariants while applying; a CRC-valid record that breaks one
-    // is reported as a log `serve` cannot start on, after the panic message on stderr.
-    let scanned = panic::catch_unwind(AssertUnwindSafe(|| {
-        let scanned = scan(dir, |record| {
-            first_seq.get_or_insert(record.seq);
-            replayed
-                .apply(record.seq, record.kind, record.payload)
-                .map_err(|e| Stop::Record(format!("cannot replay {e}")))
-        })?;
-        // What `serve` checks once every record is applied.
-        replayed
-            .check_ledgers()
-            .map_err(|e| Failure::Unreplayable(format!("cannot replay: {e}")))?;
-        Ok(scanned)
-    }))
-    .unwrap_or_else(|_| {
-        Err(Failure::Unreplayable(
-            "replaying the records broke a core invariant (see the panic above)".to_owned(),
-        ))
+    let mut replay = Replay::new();
+    let scanned = scan(dir, |record| {
+        first_seq.get_or_insert(record.seq);
+        if let Some(event) = replay.decode(record.seq, record.kind, record.payload) {
+            replay.apply(record.seq, record.kind, event);
+        }
+        match replay.refusal() {
+            Some(refusal) => Err(Stop::Record(refusal.to_owned())),
+            None => Ok(()),
+        }
+    })
+    .and_then(|scanned| match replay.finish() {
+        Some(refusal) => Err(Failure::Unreplayable(refusal.to_owned())),
+        None => Ok(scanned),
     });
     let (verdict, written) = match scanned {
         Ok(scanned) => (verdict(&scanned), write_summary(&scanned, first_seq)),
