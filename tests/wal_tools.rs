@@ -953,6 +953,33 @@ fn dump_and_stats_print_what_they_can_and_exit_65_on_a_log_serve_refuses() {
     );
 }
 
+/// The type table's columns line up for every record type (`merchant_status_changed` is
+/// longer than the others).
+#[test]
+fn stats_table_columns_line_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    write_log(dir.path(), wal::MIN_SEGMENT_SIZE_BYTES, &events(1));
+    let run = tool_on(&["stats"], dir.path());
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let rows: Vec<&str> = run
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("type "))
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert_eq!(
+        rows.len(),
+        1 + 11 + 1,
+        "header, types, total: {}",
+        run.stdout
+    );
+    assert!(
+        rows.iter().all(|row| row.len() == rows[0].len()),
+        "{}",
+        run.stdout
+    );
+}
+
 /// A record that passes its checksums but does not decode: `dump` and `stats` leave it out and
 /// go on, then name it with exit 65.
 #[test]

@@ -25,6 +25,10 @@ use crate::tools::wal::{Failure, RecordType, Scanned, conclude, fail, scan, stdo
 
 const TOOL: &str = "stats";
 
+/// Width of the table's type column: the longest record type name, `merchant_status_changed`
+/// (a test checks every name fits, so the columns line up).
+const TYPE_COLUMN: usize = 23;
+
 /// How to print the statistics.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum StatsFormat {
@@ -219,14 +223,14 @@ fn print_table(
     writeln!(out)?;
     writeln!(
         out,
-        "{:<20} {:>10} {:>15}",
+        "{:<TYPE_COLUMN$} {:>10} {:>15}",
         "type", "records", "payload bytes"
     )?;
     for record_type in RecordType::ALL {
         let t = tally.types[record_type.index()];
         writeln!(
             out,
-            "{:<20} {:>10} {:>15}",
+            "{:<TYPE_COLUMN$} {:>10} {:>15}",
             record_type.name(),
             t.records,
             t.payload_bytes
@@ -235,7 +239,7 @@ fn print_table(
     let total = tally.total();
     writeln!(
         out,
-        "{:<20} {:>10} {:>15}",
+        "{:<TYPE_COLUMN$} {:>10} {:>15}",
         "total", total.records, total.payload_bytes
     )?;
     for tranche in &tally.tranches {
@@ -426,6 +430,13 @@ mod tests {
             .map(|(county, c)| (*county, c.quota, c.claims))
             .collect();
         assert_eq!(counties, [(2, Some(7), 2), (3, Some(9), 1)]);
+    }
+
+    #[test]
+    fn every_record_type_name_fits_the_type_column() {
+        for record_type in RecordType::ALL {
+            assert!(record_type.name().len() <= TYPE_COLUMN, "{record_type:?}");
+        }
     }
 
     /// Found by review: a pool draw raises a county's quota in the daemon (`GET
