@@ -20,10 +20,12 @@
 //! on exact geometry: the answer for every point equals the brute-force
 //! even-odd test over all counties.
 //!
-//! Ties: where counties overlap (or a point lies exactly on a shared border
-//! and the even-odd arithmetic puts it in both), the lowest adcode wins. The
-//! crossing test is the half-open `(a.y > y) != (b.y > y)` rule, so every
-//! answer is a deterministic function of the input coordinates.
+//! Ties: where counties overlap, the lowest adcode wins. A point exactly on a
+//! border two counties share is in exactly one of them: each edge's crossing
+//! x is computed from its lower-y end, so both counties see the same edge bit
+//! for bit whichever way their rings run. The crossing test is the half-open
+//! `(a.y > y) != (b.y > y)` rule, so every answer is a deterministic function
+//! of the input coordinates.
 
 use std::collections::HashMap;
 
@@ -372,6 +374,11 @@ fn grid_for_bbox(x0: f64, y0: f64, x1: f64, y1: f64) -> Grid {
 }
 
 /// Records the rows edge `a→b` spans and (conservatively) the cells it touches.
+///
+/// The edge is stored with its lower-y end first, whatever the ring's direction. A border
+/// shared by two counties runs a→b in one ring and b→a in the other; computed from each end,
+/// the crossing x rounds differently, and a point between the two results was in neither
+/// county (or in both). From the same end, both counties compute the same x bit for bit.
 fn mark_edge(
     grid: &Grid,
     a: [f64; 2],
@@ -380,6 +387,7 @@ fn mark_edge(
     touched: &mut Vec<(u32, u16)>,
     row_edges: &mut Vec<(u32, u16, Edge)>,
 ) {
+    let (a, b) = if b[1] < a[1] { (b, a) } else { (a, b) };
     let (ymin, ymax) = (a[1].min(b[1]), a[1].max(b[1]));
     let (xmin, xmax) = (a[0].min(b[0]), a[0].max(b[0]));
     let r_lo = grid.row(ymin - EDGE_PAD_DEG);

@@ -133,8 +133,10 @@ pub fn metres_per_degree(lat: f64) -> (f64, f64) {
 }
 
 /// Even-odd crossing of the +x ray from `(x, y)` with edge `a→b`, with the
-/// same arithmetic as the index (slope computed first).
+/// same arithmetic as the index (slope computed first, from the lower-y end,
+/// so that both counties sharing an edge compute the same crossing).
 fn crosses(a: [f64; 2], b: [f64; 2], x: f64, y: f64) -> bool {
+    let (a, b) = if b[1] < a[1] { (b, a) } else { (a, b) };
     (a[1] > y) != (b[1] > y) && x < a[0] + (y - a[1]) * ((b[0] - a[0]) / (b[1] - a[1]))
 }
 
@@ -202,8 +204,12 @@ impl BruteForce {
     }
 
     pub fn locate(&self, x: f64, y: f64) -> Option<u32> {
-        let mut best: Option<u32> = None;
-        for (adcode, rings) in &self.counties {
+        self.containing(x, y).min()
+    }
+
+    /// Every county whose rings (even-odd) contain the point.
+    pub fn containing(&self, x: f64, y: f64) -> impl Iterator<Item = u32> {
+        self.counties.iter().filter_map(move |(adcode, rings)| {
             let mut inside = false;
             for (ring, b) in rings {
                 // Skips are exact: no edge spans y outside [min_y, max_y),
@@ -213,10 +219,7 @@ impl BruteForce {
                 }
                 inside ^= ring_contains(ring, x, y);
             }
-            if inside && best.is_none_or(|a| *adcode < a) {
-                best = Some(*adcode);
-            }
-        }
-        best
+            inside.then_some(*adcode)
+        })
     }
 }

@@ -123,10 +123,10 @@ fn points_outside_the_city_are_none() {
     }
 }
 
-#[test]
-fn shared_border_points_match_brute_force() {
+/// Edges (as exact `[lng, lat]` end pairs, lower bit pattern first) that two counties of the
+/// real file share, with the two adcodes.
+fn shared_edges() -> Vec<([f64; 2], [f64; 2], [u32; 2])> {
     let data = real();
-    // Edges (as unordered exact coordinate pairs) used by two counties.
     type Key = ([u64; 2], [u64; 2]);
     let mut owners: HashMap<Key, Vec<u32>> = HashMap::new();
     let bits = |p: [f64; 2]| [p[0].to_bits(), p[1].to_bits()];
@@ -145,24 +145,32 @@ fn shared_border_points_match_brute_force() {
             }
         }
     }
-    let shared: Vec<(Key, &Vec<u32>)> = owners
-        .iter()
+    let point = |p: [u64; 2]| [f64::from_bits(p[0]), f64::from_bits(p[1])];
+    let mut shared: Vec<_> = owners
+        .into_iter()
         .filter(|(_, v)| v.len() == 2)
-        .map(|(k, v)| (*k, v))
+        .map(|((a, b), v)| (point(a), point(b), [v[0], v[1]]))
         .collect();
+    // HashMap order is random: sort so that a failure names the same edge every run.
+    shared.sort_by(|p, q| p.partial_cmp(q).expect("finite coordinates"));
+    shared
+}
+
+#[test]
+fn shared_border_points_match_brute_force() {
+    let data = real();
+    let shared = shared_edges();
     assert!(shared.len() >= 100, "only {} shared edges", shared.len());
     let mut pairs: Vec<(u32, u32)> = shared
         .iter()
-        .map(|(_, v)| (v[0].min(v[1]), v[0].max(v[1])))
+        .map(|(_, _, v)| (v[0].min(v[1]), v[0].max(v[1])))
         .collect();
     pairs.sort_unstable();
     pairs.dedup();
     assert!(pairs.len() >= 12, "only {} bordering pairs", pairs.len());
 
     let (mut checked, mut long_edges, mut split_cleanly) = (0usize, 0usize, 0usize);
-    for (key, counties) in &shared {
-        let a = [f64::from_bits(key.0[0]), f64::from_bits(key.0[1])];
-        let b = [f64::from_bits(key.1[0]), f64::from_bits(key.1[1])];
+    for &(a, b, counties) in &shared {
         let mid = [(a[0] + b[0]) * 0.5, (a[1] + b[1]) * 0.5];
         let (mx, my) = metres_per_degree(mid[1]);
         let (ex, ey) = ((b[0] - a[0]) * mx, (b[1] - a[1]) * my);
@@ -206,6 +214,45 @@ fn shared_border_points_match_brute_force() {
         split_cleanly * 10 >= long_edges * 9,
         "{split_cleanly}/{long_edges}"
     );
+}
+
+/// Points exactly on a border two counties share are in a county. Each county used to
+/// compute the crossing x of the shared edge from its own ring's direction (a→b in one,
+/// b→a in the other), which rounds differently, so a point between the two results (what a
+/// map SDK's 6-decimal coordinate can be) was in neither: `outside_area` between two
+/// counties, while its neighbours 1e-6° away were inside.
+#[test]
+fn points_exactly_on_shared_borders_are_in_one_county() {
+    /// Points per shared edge, spread over its latitude range.
+    const SAMPLES_PER_EDGE: usize = 16;
+    let data = real();
+    let (mut checked, mut directions_differ) = (0usize, 0usize);
+    for (a, b, counties) in shared_edges() {
+        if a[1] == b[1] {
+            continue; // horizontal: no crossing is computed from it
+        }
+        for i in 1..SAMPLES_PER_EDGE {
+            let y = a[1] + (b[1] - a[1]) * (i as f64 / SAMPLES_PER_EDGE as f64);
+            // The crossing x as each direction of the edge computes it.
+            let x_ab = a[0] + (y - a[1]) * ((b[0] - a[0]) / (b[1] - a[1]));
+            let x_ba = b[0] + (y - b[1]) * ((a[0] - b[0]) / (a[1] - b[1]));
+            if x_ab != x_ba {
+                directions_differ += 1;
+            }
+            for x in [x_ab, x_ba, x_ab.min(x_ba).next_up()] {
+                let got = data.index.locate(x, y);
+                assert_eq!(got, data.oracle.locate(x, y), "({x}, {y})");
+                let inside: Vec<u32> = data.oracle.containing(x, y).collect();
+                assert!(
+                    inside.len() == 1 && counties.contains(&inside[0]),
+                    "({x}, {y}) on the border of {counties:?} is in {inside:?}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    println!("{checked} points on shared borders, {directions_differ} where a→b and b→a differ");
+    assert!(directions_differ > 0, "the sample exercises no rounding");
 }
 
 #[test]
