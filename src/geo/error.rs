@@ -129,22 +129,19 @@ pub enum GeoError {
         position: usize,
     },
 
-    /// Two features share an adcode but not a name, so they cannot be merged.
+    /// Two features share an adcode. They are not merged: the even-odd rule over
+    /// all rings of a county would cancel wherever they overlap.
     #[error(
-        "adcode {adcode}: features #{first_feature} ({first_name}) and #{feature} ({name}) \
-         share the adcode with different names"
+        "adcode {adcode}: features #{first_feature} and #{feature} both have it \
+         (a county is one feature; put its parts in one MultiPolygon)"
     )]
-    ConflictingDuplicate {
-        /// The shared adcode.
+    RepeatedAdcode {
+        /// The repeated adcode.
         adcode: u32,
         /// Index of the first feature with this adcode.
         first_feature: usize,
-        /// Its name.
-        first_name: String,
-        /// Index of the conflicting feature.
+        /// Index of the repeat.
         feature: usize,
-        /// Its name.
-        name: String,
     },
 
     /// An adcode appears twice in the input of an index.

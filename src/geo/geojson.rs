@@ -10,11 +10,12 @@
 //! finite `[lng, lat, ...]` positions (extra dimensions are ignored). The first
 //! ring of each polygon is its outer ring, the rest are holes.
 //!
-//! Duplicate adcodes: features repeating an adcode *with the same name* are
-//! merged (their polygons appended to the first one's, which keeps its place
-//! in the output); a repeat with a different name is
-//! [`GeoError::ConflictingDuplicate`]. Output order is the order in which each
-//! adcode first appears.
+//! Each adcode appears in one feature only; a repeat is
+//! [`GeoError::RepeatedAdcode`]. Repeats are not merged: containment is the
+//! even-odd rule over all rings of a county, so a feature listed twice would
+//! cancel itself and its county would silently vanish (the same for any
+//! overlap between two features of one county). A county of several parts is
+//! one `MultiPolygon` feature. Output order is the order of the features.
 
 use std::collections::HashMap;
 
@@ -56,29 +57,19 @@ pub fn parse_feature_collection(bytes: &[u8]) -> Result<Vec<CountyShape>, GeoErr
         .ok_or(GeoError::MissingFeatures)?;
 
     let mut shapes: Vec<CountyShape> = Vec::with_capacity(features.len());
-    // adcode -> (position in `shapes`, index of the first feature)
-    let mut seen: HashMap<u32, (usize, usize)> = HashMap::new();
+    // adcode -> index of the feature that has it
+    let mut seen: HashMap<u32, usize> = HashMap::new();
     for (index, feature) in features.iter().enumerate() {
         let shape = parse_feature(index, feature)?;
-        match seen.get(&shape.adcode) {
-            Some(&(pos, first_feature)) => {
-                let first = &mut shapes[pos];
-                if first.name != shape.name {
-                    return Err(GeoError::ConflictingDuplicate {
-                        adcode: shape.adcode,
-                        first_feature,
-                        first_name: first.name.clone(),
-                        feature: index,
-                        name: shape.name,
-                    });
-                }
-                first.polygons.extend(shape.polygons);
-            }
-            None => {
-                seen.insert(shape.adcode, (shapes.len(), index));
-                shapes.push(shape);
-            }
+        if let Some(&first_feature) = seen.get(&shape.adcode) {
+            return Err(GeoError::RepeatedAdcode {
+                adcode: shape.adcode,
+                first_feature,
+                feature: index,
+            });
         }
+        seen.insert(shape.adcode, index);
+        shapes.push(shape);
     }
     Ok(shapes)
 }
@@ -539,42 +530,53 @@ mod tests {
         );
     }
 
+    /// A feature listed twice used to be merged into its own county, whose rings then
+    /// cancelled under the even-odd rule: the county was in the index but contained no point.
     #[test]
-    fn merges_duplicate_adcodes_with_same_name() {
+    fn rejects_a_feature_listed_twice() {
+        let f = polygon_feature(r#"{"adcode":110101,"name":"A"}"#);
         let bytes = collection(&[
-            polygon_feature(r#"{"adcode":110101,"name":"A"}"#),
+            f.clone(),
             polygon_feature(r#"{"adcode":110102,"name":"B"}"#),
-            feature(
-                r#"{"adcode":"110101","name":"A"}"#,
-                r#"{"type":"Polygon","coordinates":[[[10,10],[11,10],[11,11],[10,10]]]}"#,
-            ),
-        ]);
-        let shapes = parse_feature_collection(&bytes).expect("mergeable duplicates");
-        assert_eq!(shapes.len(), 2);
-        assert_eq!(shapes[0].adcode, 110101);
-        assert_eq!(shapes[0].polygons.len(), 2);
-        assert_eq!(shapes[1].adcode, 110102);
-    }
-
-    #[test]
-    fn rejects_duplicate_adcodes_with_different_names() {
-        let bytes = collection(&[
-            polygon_feature(r#"{"adcode":110101,"name":"A"}"#),
-            polygon_feature(r#"{"adcode":110101,"name":"Z"}"#),
+            f,
         ]);
         let err = parse_feature_collection(&bytes).unwrap_err();
         assert!(
             matches!(
                 err,
-                GeoError::ConflictingDuplicate {
+                GeoError::RepeatedAdcode {
                     adcode: 110101,
                     first_feature: 0,
-                    feature: 1,
-                    ..
+                    feature: 2,
                 }
             ),
             "{err:?}"
         );
-        assert!(err.to_string().contains("110101"));
+        assert!(err.to_string().contains("110101"), "{err}");
+    }
+
+    #[test]
+    fn rejects_repeated_adcodes_with_other_parts_or_names() {
+        // Another part of the same county belongs in one MultiPolygon feature.
+        let other_part = feature(
+            r#"{"adcode":"110101","name":"A"}"#,
+            r#"{"type":"Polygon","coordinates":[[[10,10],[11,10],[11,11],[10,10]]]}"#,
+        );
+        let renamed = polygon_feature(r#"{"adcode":110101,"name":"Z"}"#);
+        for repeat in [other_part, renamed] {
+            let bytes = collection(&[polygon_feature(r#"{"adcode":110101,"name":"A"}"#), repeat]);
+            let err = parse_feature_collection(&bytes).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    GeoError::RepeatedAdcode {
+                        adcode: 110101,
+                        first_feature: 0,
+                        feature: 1,
+                    }
+                ),
+                "{err:?}"
+            );
+        }
     }
 }

@@ -121,8 +121,9 @@ impl Grid {
 
 impl PolygonIndex {
     /// Builds the index. Fails on an empty list, a county without polygons,
-    /// short rings, non-finite coordinates or duplicate adcodes (merge
-    /// duplicates first; [`crate::geo::geojson::parse_feature_collection`] does).
+    /// short rings, non-finite coordinates or duplicate adcodes (a county's
+    /// parts are polygons of one shape; merging two shapes' rings would cancel
+    /// their overlap under the even-odd rule).
     pub fn build(shapes: &[CountyShape]) -> Result<PolygonIndex, GeoError> {
         if shapes.is_empty() {
             return Err(GeoError::NoShapes);
