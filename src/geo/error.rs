@@ -171,6 +171,29 @@ pub enum GeoError {
         max: usize,
     },
 
+    /// The boundaries' edges span more grid rows in total than an index may
+    /// hold (each edge is kept once per row it spans).
+    #[error(
+        "the boundaries need {entries} row-edge entries in the grid index, more than the \
+         limit of {max}: too many edges spanning many rows (simplify the boundary file)"
+    )]
+    TooManyRowEdgeEntries {
+        /// How many the boundaries need.
+        entries: usize,
+        /// The limit.
+        max: usize,
+    },
+
+    /// The boundaries' edges touch more grid cells in total than a build may note.
+    #[error(
+        "the boundaries' edges touch more than {max} grid cells in total: too many long \
+         edges (simplify the boundary file)"
+    )]
+    TooManyTouchedCellEntries {
+        /// The limit.
+        max: usize,
+    },
+
     /// The seat list is empty.
     #[error("no county seats given")]
     NoSeats,

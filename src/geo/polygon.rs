@@ -14,7 +14,13 @@
 //!   *row* (a ray at latitude `y` can only cross edges spanning `y`).
 //!
 //! Containment is the even-odd rule over all rings of a county, so holes and
-//! multi-polygons need no special case. Edge/cell overlap is computed
+//! multi-polygons need no special case.
+//!
+//! Memory: an edge is kept once per grid row it spans, and noted once per cell
+//! it touches while building, so a boundary file of long edges (a zig-zag
+//! across the whole box) costs up to ~1,000 times its size. The totals are
+//! bounded by [`MAX_ROW_EDGE_ENTRIES`] and [`MAX_TOUCHED_CELL_ENTRIES`]; a file
+//! needing more is refused with a [`GeoError`] instead of exhausting memory. Edge/cell overlap is computed
 //! conservatively (edges are padded by [`EDGE_PAD_DEG`], and rows use the
 //! same monotone cell-index function as queries), so correctness never relies
 //! on exact geometry: the answer for every point equals the brute-force
@@ -42,6 +48,18 @@ pub const TARGET_CELL_SIZE_M: f64 = 150.0;
 pub const EDGE_PAD_DEG: f64 = 1e-9;
 /// Most counties one index can hold (candidate entries are 15-bit indices).
 pub const MAX_COUNTIES: usize = 0x7FFF;
+/// Most (grid row, edge) entries an index may hold: each edge is kept once per
+/// row it spans (up to [`MAX_GRID_CELLS_PER_SIDE`]), so that a lookup tests only
+/// its row's edges. The real Yichang file (5,221 positions) needs 16,275, about
+/// 3 per edge; this is a thousand times that. An entry takes 32 bytes in the
+/// index (40 while building), so the limit caps them at 512 MiB. Counted before
+/// anything is allocated.
+pub const MAX_ROW_EDGE_ENTRIES: usize = 16 << 20;
+/// Most (grid cell, county) entries noted while building: every cell an edge
+/// touches, thousands for an edge across the whole box, even a horizontal one
+/// (which spans no row). The real Yichang file notes 27,930. 8 bytes each: at
+/// most 128 MiB, freed after the build.
+pub const MAX_TOUCHED_CELL_ENTRIES: usize = 16 << 20;
 
 const METRES_PER_DEG_LAT: f64 = 110_574.0;
 const METRES_PER_DEG_LNG_EQUATOR: f64 = 111_320.0;
@@ -124,7 +142,19 @@ impl PolygonIndex {
     /// short rings, non-finite coordinates or duplicate adcodes (a county's
     /// parts are polygons of one shape; merging two shapes' rings would cancel
     /// their overlap under the even-odd rule).
+    /// Boundaries needing more than [`MAX_ROW_EDGE_ENTRIES`] or
+    /// [`MAX_TOUCHED_CELL_ENTRIES`] grid entries are refused.
     pub fn build(shapes: &[CountyShape]) -> Result<PolygonIndex, GeoError> {
+        Self::build_with_limits(shapes, MAX_ROW_EDGE_ENTRIES, MAX_TOUCHED_CELL_ENTRIES)
+    }
+
+    /// [`PolygonIndex::build`] with other entry limits, so that tests of the
+    /// limits stay small.
+    pub(crate) fn build_with_limits(
+        shapes: &[CountyShape],
+        max_row_edge_entries: usize,
+        max_touched_cell_entries: usize,
+    ) -> Result<PolygonIndex, GeoError> {
         if shapes.is_empty() {
             return Err(GeoError::NoShapes);
         }
@@ -170,18 +200,32 @@ impl PolygonIndex {
         let grid = grid_for_bbox(x0, y0, x1, y1);
         let n = order.len();
 
+        // The row-edge table's size, checked before it is allocated.
+        let mut row_edge_entries = 0usize;
+        for s in &order {
+            for (a, b) in edges(s).filter(|(a, b)| a[1] != b[1]) {
+                let (r_lo, r_hi) = rows_spanned(&grid, a, b);
+                row_edge_entries += r_hi - r_lo + 1;
+            }
+        }
+        if row_edge_entries > max_row_edge_entries {
+            return Err(GeoError::TooManyRowEdgeEntries {
+                entries: row_edge_entries,
+                max: max_row_edge_entries,
+            });
+        }
+
         // Pass 1: per edge, the rows it spans and the cells it touches.
-        let mut row_edges: Vec<(u32, u16, Edge)> = Vec::new();
+        let mut row_edges: Vec<(u32, u16, Edge)> = Vec::with_capacity(row_edge_entries);
         let mut touched: Vec<(u32, u16)> = Vec::new();
         for (k, s) in order.iter().enumerate() {
             let k16 = k as u16; // k < MAX_COUNTIES
-            for ring in s.polygons.iter().flatten() {
-                for (i, &a) in ring.iter().enumerate() {
-                    let b = ring[(i + 1) % ring.len()]; // implicit closure
-                    if a == b {
-                        continue;
-                    }
-                    mark_edge(&grid, a, b, k16, &mut touched, &mut row_edges);
+            for (a, b) in edges(s) {
+                mark_edge(&grid, a, b, k16, &mut touched, &mut row_edges);
+                if touched.len() > max_touched_cell_entries {
+                    return Err(GeoError::TooManyTouchedCellEntries {
+                        max: max_touched_cell_entries,
+                    });
                 }
             }
         }
@@ -339,10 +383,32 @@ impl PolygonIndex {
         (self.grid.nx, self.grid.ny)
     }
 
+    /// How many (row, edge) entries the index holds (see [`MAX_ROW_EDGE_ENTRIES`]).
+    pub fn row_edge_entries(&self) -> usize {
+        self.edges.len()
+    }
+
     /// How many cells need a candidate test (the rest answer in O(1)).
     pub fn mixed_cells(&self) -> usize {
         self.cells.iter().filter(|&&v| v & MIXED != 0).count()
     }
+}
+
+/// A county's edges `a→b`, each ring closed implicitly, zero-length edges skipped.
+fn edges(shape: &CountyShape) -> impl Iterator<Item = ([f64; 2], [f64; 2])> + '_ {
+    shape.polygons.iter().flatten().flat_map(|ring| {
+        (0..ring.len())
+            .map(|i| (ring[i], ring[(i + 1) % ring.len()]))
+            .filter(|(a, b)| a != b)
+    })
+}
+
+/// The first and last grid rows an edge is kept in (padded, like the cells).
+fn rows_spanned(grid: &Grid, a: [f64; 2], b: [f64; 2]) -> (usize, usize) {
+    (
+        grid.row(a[1].min(b[1]) - EDGE_PAD_DEG),
+        grid.row(a[1].max(b[1]) + EDGE_PAD_DEG),
+    )
 }
 
 fn in_bbox(b: &[f64; 4], x: f64, y: f64) -> bool {
@@ -391,8 +457,7 @@ fn mark_edge(
     let (a, b) = if b[1] < a[1] { (b, a) } else { (a, b) };
     let (ymin, ymax) = (a[1].min(b[1]), a[1].max(b[1]));
     let (xmin, xmax) = (a[0].min(b[0]), a[0].max(b[0]));
-    let r_lo = grid.row(ymin - EDGE_PAD_DEG);
-    let r_hi = grid.row(ymax + EDGE_PAD_DEG);
+    let (r_lo, r_hi) = rows_spanned(grid, a, b);
     let edge = (a[1] != b[1]).then(|| Edge {
         ax: a[0],
         ay: a[1],
@@ -587,6 +652,52 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    /// A ring zig-zagging across the whole box: every edge spans hundreds of rows, so a
+    /// few kilobytes of GeoJSON used to cost thousands of times their size in memory.
+    #[test]
+    fn zigzag_boundaries_over_the_row_edge_limit_are_refused() {
+        let mut ring: Vec<[f64; 2]> = (0..200)
+            .map(|i| [f64::from(i) * 1e-3, if i % 2 == 0 { 0.0 } else { 1.5 }])
+            .collect();
+        ring.extend([[0.199, -0.5], [0.0, -0.5], [0.0, 0.0]]);
+        let shapes = vec![shape(100001, vec![vec![ring]])];
+        let err = PolygonIndex::build_with_limits(&shapes, 100_000, MAX_TOUCHED_CELL_ENTRIES)
+            .unwrap_err();
+        let GeoError::TooManyRowEdgeEntries {
+            entries,
+            max: 100_000,
+        } = err
+        else {
+            panic!("{err:?}");
+        };
+        assert!(err.to_string().contains("100000"), "{err}");
+        // Under the real limit it builds, with the entries that were counted.
+        let idx = PolygonIndex::build(&shapes).expect("within MAX_ROW_EDGE_ENTRIES");
+        assert_eq!(idx.row_edge_entries(), entries);
+        assert!(entries > 100_000, "{entries}");
+    }
+
+    /// Horizontal edges span one row but touch a cell in every column.
+    #[test]
+    fn long_horizontal_edges_over_the_touched_cell_limit_are_refused() {
+        // A serpentine: 50 rows 2° wide (1,024 columns), 0.01° apart.
+        let mut ring = Vec::new();
+        for j in 0..50 {
+            let y = f64::from(j) * 0.01;
+            let (from, to) = if j % 2 == 0 { (0.0, 2.0) } else { (2.0, 0.0) };
+            ring.extend([[from, y], [to, y]]);
+        }
+        ring.push(ring[0]);
+        let shapes = vec![shape(100001, vec![vec![ring]])];
+        let err =
+            PolygonIndex::build_with_limits(&shapes, MAX_ROW_EDGE_ENTRIES, 10_000).unwrap_err();
+        assert!(
+            matches!(err, GeoError::TooManyTouchedCellEntries { max: 10_000 }),
+            "{err:?}"
+        );
+        assert!(PolygonIndex::build(&shapes).is_ok());
     }
 
     #[test]

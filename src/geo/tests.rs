@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 
 use crate::geo::gcj02::{gcj02_to_wgs84, wgs84_to_gcj02};
+use crate::geo::polygon::MAX_ROW_EDGE_ENTRIES;
 use crate::geo::test_support::{SplitMix64, feature_point, metres_per_degree, real, test_seed};
 use crate::geo::{CountyShape, Crs, PolygonIndex, RegionIndex, SeatIndex};
 
@@ -73,10 +74,13 @@ fn real_file_has_13_counties() {
     }
     let (nx, ny) = data.index.grid_dims();
     println!(
-        "grid {nx}x{ny}, {} mixed cells ({:.1}%)",
+        "grid {nx}x{ny}, {} mixed cells ({:.1}%), {} row-edge entries",
         data.index.mixed_cells(),
-        100.0 * data.index.mixed_cells() as f64 / (nx * ny) as f64
+        100.0 * data.index.mixed_cells() as f64 / (nx * ny) as f64,
+        data.index.row_edge_entries()
     );
+    // The limit is documented as about a thousand times what this file needs.
+    assert!(data.index.row_edge_entries() * 500 < MAX_ROW_EDGE_ENTRIES);
 }
 
 #[test]
