@@ -106,6 +106,42 @@ quotas = { "420502" = 10 }
     assert!(stderr.contains("regions.geojson_path"), "{stderr}");
 }
 
+/// A tranche section for campaign `c1` with the given times.
+fn tranche_with_times(opens_at: &str, closes_at: &str, expires_at: &str) -> String {
+    format!(
+        r#"
+[[tranches]]
+id = "t1"
+campaign_id = "c1"
+opens_at = "{opens_at}"
+closes_at = "{closes_at}"
+expires_at = "{expires_at}"
+face_value_fen = 2000
+quotas = {{ "420502" = 10 }}
+"#
+    )
+}
+
+/// `now+5秒` panicked (the unit was split off as the last byte, inside 秒) and the daemon
+/// aborted instead of exiting 64; `now+-5s` and `now++5s` were taken as signed numbers.
+#[test]
+fn malformed_relative_times_exit_64_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = TestConfig::default().to_toml(&dir.path().join("data"));
+    let stderr = refused(
+        dir.path(),
+        &(good + &tranche_with_times("now+5秒", "now++5s", "now+-5s")),
+    );
+    for key in [
+        "tranches[0].opens_at",
+        "tranches[0].closes_at",
+        "tranches[0].expires_at",
+    ] {
+        assert!(stderr.contains(key), "missing {key} in:\n{stderr}");
+    }
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 /// The demo, copied to a fresh directory with its tranche opening at once and
 /// ports chosen by the kernel: the curl command it prints must claim a voucher.
 #[test]

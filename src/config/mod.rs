@@ -665,7 +665,17 @@ fn parse_config_time(text: &str, now: UnixMillis) -> Result<UnixMillis, String> 
     }
     let bad = || format!("{text:?}: relative times look like now+30s, now+10m, now+2h or now+7d");
     let rest = rest.strip_prefix('+').ok_or_else(bad)?;
-    let (digits, unit) = rest.split_at(rest.len().saturating_sub(1));
+    // ASCII digits, then the unit. Split where the digits end, not before the last byte
+    // (which is not a char boundary when the unit is, say, 秒, and panicked), and never
+    // hand a sign to `i64::from_str` (which took `now+-5s` and `now++5s`).
+    let digits_end = rest
+        .bytes()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(rest.len());
+    let (digits, unit) = rest.split_at(digits_end);
+    if digits.is_empty() {
+        return Err(bad());
+    }
     let count: i64 = digits.parse().map_err(|_| bad())?;
     let unit_ms = match unit {
         "s" => 1_000,
@@ -699,5 +709,35 @@ mod tests {
         assert!(parse_config_time("now+s", now).is_err());
         assert!(parse_config_time("now+99999999d", now).is_err());
         assert!(parse_config_time("2026-12-01T10:00:00+08:00", now).is_ok());
+    }
+
+    /// Splitting the unit off as the last byte panicked inside a multi-byte character.
+    #[test]
+    fn relative_times_with_a_non_ascii_unit_are_errors_not_panics() {
+        let now = UnixMillis(1_000_000);
+        for text in ["now+5秒", "now+秒", "now+5天", "now+é", "now+5sé", "now+٥s"] {
+            let err = parse_config_time(text, now).unwrap_err();
+            assert!(err.contains("now+30s"), "{text}: {err}");
+        }
+    }
+
+    /// `i64::from_str` accepts a sign, so `now+-5s` was five seconds ago.
+    #[test]
+    fn relative_times_are_digits_only() {
+        let now = UnixMillis(1_000_000);
+        for text in [
+            "now+-5s", "now++5s", "now+ 5s", "now+5 s", "now+5ss", "now+-0s",
+        ] {
+            assert!(parse_config_time(text, now).is_err(), "{text} accepted");
+        }
+        assert_eq!(parse_config_time("now+0s", now), Ok(now));
+        assert_eq!(
+            parse_config_time("now+007m", now),
+            Ok(UnixMillis(1_000_000 + 7 * 60_000))
+        );
+        // Ten years is the bound; digits past i64 are an error, not a wrap.
+        assert!(parse_config_time("now+3660d", now).is_ok());
+        assert!(parse_config_time("now+3661d", now).is_err());
+        assert!(parse_config_time("now+99999999999999999999s", now).is_err());
     }
 }
