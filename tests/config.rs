@@ -142,6 +142,23 @@ fn malformed_relative_times_exit_64_naming_the_key() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// `9999-12-31T23:59:59Z` (year 10000 in Beijing time) was accepted and then written as
+/// `+10000-…`, which is not RFC 3339; config times are held to the admin API's years.
+#[test]
+fn times_outside_the_accepted_years_exit_64_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = TestConfig::default().to_toml(&dir.path().join("data"));
+    let stderr = refused(
+        dir.path(),
+        &(good + &tranche_with_times("1999-12-31T15:59:59Z", "now+1h", "9999-12-31T23:59:59Z")),
+    );
+    for key in ["tranches[0].opens_at", "tranches[0].expires_at"] {
+        assert!(stderr.contains(key), "missing {key} in:\n{stderr}");
+    }
+    assert!(stderr.contains("2000 to 2099"), "{stderr}");
+    assert!(!stderr.contains("tranches[0].closes_at"), "{stderr}");
+}
+
 /// The demo, copied to a fresh directory with its tranche opening at once and
 /// ports chosen by the kernel: the curl command it prints must claim a voucher.
 #[test]

@@ -419,6 +419,48 @@ fn admin_requires_the_bearer_token() {
     );
 }
 
+/// "Never expires" as `9999-12-31T23:59:59Z` was accepted and written back as
+/// `+10000-01-01T07:59:59.000+08:00` (year 10000 in Beijing time), which no RFC 3339 parser
+/// reads. Times outside the years 2000–2099 (Beijing time) are now refused with the field.
+#[test]
+fn tranche_times_outside_the_accepted_years_are_422_naming_the_field() {
+    let (_dir, daemon) = started(&TestConfig::default());
+    let mut a = daemon.admin_client();
+    let now = chrono::Utc::now();
+    let hour = chrono::Duration::hours(1);
+    let mut body = tranche_body(now + hour, now + hour * 2, &[(420502, 5)]);
+    body["expires_at"] = json!("9999-12-31T23:59:59Z");
+    let r = a.put_admin("/admin/v1/tranches/t1", &body);
+    assert_eq!(
+        (r.status, r.json()["outcome"].clone()),
+        (422, json!("invalid_tranche")),
+        "{}",
+        r.text()
+    );
+    assert_eq!(r.json()["error"]["field"], "expires_at", "{}", r.text());
+    let mut early = body.clone();
+    early["opens_at"] = json!("1999-12-31T23:59:59.999+08:00");
+    early["expires_at"] = json!("2100-01-01T00:00:00+08:00");
+    let r = a.put_admin("/admin/v1/tranches/t1", &early);
+    assert_eq!(r.status, 422, "{}", r.text());
+    let reply = r.json();
+    let fields: Vec<&str> = reply["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| e["field"].as_str().expect("field"))
+        .collect();
+    assert_eq!(fields, ["opens_at", "expires_at"], "{}", r.text());
+    // The last accepted instant is written back as itself.
+    body["expires_at"] = json!("2099-12-31T15:59:59.999Z");
+    let r = a.put_admin("/admin/v1/tranches/t1", &body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(
+        r.json()["tranche"]["expires_at"],
+        "2099-12-31T23:59:59.999+08:00"
+    );
+}
+
 #[test]
 fn header_read_timeout_closes_slow_clients() {
     let config = TestConfig {

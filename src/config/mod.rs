@@ -19,7 +19,7 @@ use crate::core::merchant::{
     MAX_INDUSTRIES, MAX_PLATFORMS, check_industry_name, check_platform_name,
 };
 use crate::core::{CampaignSpec, CountyCode, TrancheSpec, UnixMillis};
-use crate::wire_time::parse_rfc3339;
+use crate::wire_time::{check_accepted_time, parse_rfc3339};
 
 pub use token::{AdminToken, CodeSecret};
 
@@ -656,10 +656,20 @@ pub fn sorted_unique(mut items: Vec<String>) -> Vec<String> {
 /// Longest relative offset accepted in a config time: ten years.
 const MAX_RELATIVE_TIME_MS: i64 = 10 * 366 * 24 * 3600 * 1000;
 
+/// A config time. Like the admin API's, it must fall in the accepted years
+/// ([`check_accepted_time`]), relative times included.
 fn parse_config_time(text: &str, now: UnixMillis) -> Result<UnixMillis, String> {
     let Some(rest) = text.strip_prefix("now") else {
         return parse_rfc3339(text);
     };
+    let at = parse_relative_time(text, rest, now)?;
+    check_accepted_time(at)
+        .map_err(|reason| format!("{text:?} from the clock's time: {reason}"))?;
+    Ok(at)
+}
+
+/// `rest` is what follows `now` in `text`.
+fn parse_relative_time(text: &str, rest: &str, now: UnixMillis) -> Result<UnixMillis, String> {
     if rest.is_empty() {
         return Ok(now);
     }
@@ -695,15 +705,15 @@ fn parse_config_time(text: &str, now: UnixMillis) -> Result<UnixMillis, String> 
 mod tests {
     use super::*;
 
+    /// The clock at start-up in these tests: 2026-05-29T04:26:40+08:00.
+    const NOW: UnixMillis = UnixMillis(1_780_000_000_000);
+
     #[test]
     fn relative_times() {
-        let now = UnixMillis(1_000_000);
+        let now = NOW;
         assert_eq!(parse_config_time("now", now), Ok(now));
-        assert_eq!(parse_config_time("now+5s", now), Ok(UnixMillis(1_005_000)));
-        assert_eq!(
-            parse_config_time("now+2h", now),
-            Ok(UnixMillis(1_000_000 + 7_200_000))
-        );
+        assert_eq!(parse_config_time("now+5s", now), Ok(NOW.plus_ms(5_000)));
+        assert_eq!(parse_config_time("now+2h", now), Ok(NOW.plus_ms(7_200_000)));
         assert!(parse_config_time("now-5s", now).is_err());
         assert!(parse_config_time("now+5", now).is_err());
         assert!(parse_config_time("now+s", now).is_err());
@@ -714,7 +724,7 @@ mod tests {
     /// Splitting the unit off as the last byte panicked inside a multi-byte character.
     #[test]
     fn relative_times_with_a_non_ascii_unit_are_errors_not_panics() {
-        let now = UnixMillis(1_000_000);
+        let now = NOW;
         for text in ["now+5秒", "now+秒", "now+5天", "now+é", "now+5sé", "now+٥s"] {
             let err = parse_config_time(text, now).unwrap_err();
             assert!(err.contains("now+30s"), "{text}: {err}");
@@ -724,7 +734,7 @@ mod tests {
     /// `i64::from_str` accepts a sign, so `now+-5s` was five seconds ago.
     #[test]
     fn relative_times_are_digits_only() {
-        let now = UnixMillis(1_000_000);
+        let now = NOW;
         for text in [
             "now+-5s", "now++5s", "now+ 5s", "now+5 s", "now+5ss", "now+-0s",
         ] {
@@ -733,11 +743,25 @@ mod tests {
         assert_eq!(parse_config_time("now+0s", now), Ok(now));
         assert_eq!(
             parse_config_time("now+007m", now),
-            Ok(UnixMillis(1_000_000 + 7 * 60_000))
+            Ok(NOW.plus_ms(7 * 60_000))
         );
         // Ten years is the bound; digits past i64 are an error, not a wrap.
         assert!(parse_config_time("now+3660d", now).is_ok());
         assert!(parse_config_time("now+3661d", now).is_err());
         assert!(parse_config_time("now+99999999999999999999s", now).is_err());
+    }
+
+    /// A relative time is held to the same years as an RFC 3339 one: from a clock in 2095,
+    /// now+3650d is past 2099; from a clock left at 1970, `now` is before 2000.
+    #[test]
+    fn relative_times_outside_the_accepted_years_are_refused() {
+        let late = UnixMillis(3_944_649_600_000); // 2095-01-01T00:00:00+08:00
+        assert!(parse_config_time("now+365d", late).is_ok());
+        let err = parse_config_time("now+3650d", late).unwrap_err();
+        assert!(err.contains("2000 to 2099"), "{err}");
+        assert!(parse_config_time("now", UnixMillis(0)).is_err());
+        assert!(parse_config_time("now+1h", UnixMillis(0)).is_err());
+        let err = parse_config_time("9999-12-31T23:59:59Z", NOW).unwrap_err();
+        assert!(err.contains("2000 to 2099"), "{err}");
     }
 }
