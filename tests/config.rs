@@ -159,6 +159,25 @@ fn times_outside_the_accepted_years_exit_64_naming_the_key() {
     assert!(!stderr.contains("tranches[0].closes_at"), "{stderr}");
 }
 
+/// The admin API refuses a budget over 10¹² fen; the config took any `u64`.
+#[test]
+fn campaign_budget_over_the_api_limit_exits_64_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = TestConfig::default().to_toml(&dir.path().join("data"));
+    assert!(good.contains("budget_fen = 100000000000\n"), "{good}");
+    let stderr = refused(
+        dir.path(),
+        &good.replace(
+            "budget_fen = 100000000000\n",
+            "budget_fen = 1000000000001\n",
+        ),
+    );
+    assert!(
+        stderr.contains("campaigns[0].budget_fen") && stderr.contains("1000000000000"),
+        "{stderr}"
+    );
+}
+
 /// The demo, copied to a fresh directory with its tranche opening at once and
 /// ports chosen by the kernel: the curl command it prints must claim a voucher.
 #[test]

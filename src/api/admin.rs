@@ -8,12 +8,9 @@ use super::respond::{Reply, json};
 use super::wire::{
     CampaignBody, CampaignBodyOut, FieldError, OutcomeBody, TrancheBody, TrancheBodyOut, parse_json,
 };
-use crate::core::catalog::{check_campaign_name, check_object_id};
+use crate::core::catalog::{check_campaign_budget, check_campaign_name, check_object_id};
 use crate::core::event::{RefundPolicy, Rollover};
 use crate::core::{CampaignSpec, CountyCode, TrancheControl, TrancheSpec};
-
-/// Largest campaign budget accepted: ten billion yuan.
-pub const MAX_CAMPAIGN_BUDGET_FEN: u64 = 1_000_000_000_000;
 use crate::dispenser::{AdminError, Defined, Dispenser, Durability};
 use crate::wire_time::parse_rfc3339;
 
@@ -24,12 +21,7 @@ pub async fn put_campaign(app: &App, campaign_id: &str, body: &[u8]) -> Reply {
     let parsed = parse_json::<CampaignBody>(body).and_then(|b| {
         check_object_id(campaign_id).map_err(|r| FieldError::new("campaign_id", r))?;
         check_campaign_name(&b.name).map_err(|r| FieldError::new("name", r))?;
-        if b.budget_fen > MAX_CAMPAIGN_BUDGET_FEN {
-            return Err(FieldError::new(
-                "budget_fen",
-                format!("must be at most {MAX_CAMPAIGN_BUDGET_FEN}"),
-            ));
-        }
+        check_campaign_budget(b.budget_fen).map_err(|r| FieldError::new("budget_fen", r))?;
         let refund_policy = match b.refund_policy.as_deref() {
             None | Some("restore_if_valid") => RefundPolicy::RestoreIfValid,
             Some("prorata") => RefundPolicy::Prorata,

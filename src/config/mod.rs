@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::core::catalog::{check_campaign_name, check_object_id};
+use crate::core::catalog::{check_campaign_budget, check_campaign_name, check_object_id};
 use crate::core::event::{RefundPolicy, Rollover};
 use crate::core::merchant::{
     MAX_INDUSTRIES, MAX_PLATFORMS, check_industry_name, check_platform_name,
@@ -532,6 +532,9 @@ impl Validator {
             }
             if let Err(reason) = check_campaign_name(&c.name) {
                 self.fail(format!("{key}.name"), reason);
+            }
+            if let Err(reason) = check_campaign_budget(c.budget_fen) {
+                self.fail(format!("{key}.budget_fen"), reason);
             }
             out.push(CampaignSpec {
                 campaign_id: c.id,

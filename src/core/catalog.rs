@@ -159,6 +159,9 @@ impl<T> Catalog<T> {
 pub const MAX_OBJECT_ID_BYTES: usize = 64;
 /// Longest campaign name accepted.
 pub const MAX_CAMPAIGN_NAME_BYTES: usize = 200;
+/// Largest campaign budget accepted: ten billion yuan. One limit for the admin
+/// API and the config, so that neither takes a campaign the other refuses.
+pub const MAX_CAMPAIGN_BUDGET_FEN: u64 = 1_000_000_000_000;
 
 /// Campaign and tranche IDs: 1 to 64 of `A-Z a-z 0-9 _ - .`, so they are safe
 /// in URLs, file names and metric labels without escaping.
@@ -175,6 +178,14 @@ pub fn check_object_id(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A campaign budget: at most [`MAX_CAMPAIGN_BUDGET_FEN`].
+pub fn check_campaign_budget(budget_fen: u64) -> Result<(), String> {
+    if budget_fen > MAX_CAMPAIGN_BUDGET_FEN {
+        return Err(format!("must be at most {MAX_CAMPAIGN_BUDGET_FEN}"));
+    }
+    Ok(())
+}
+
 pub fn check_campaign_name(text: &str) -> Result<(), String> {
     if text.trim().is_empty() || text.len() > MAX_CAMPAIGN_NAME_BYTES {
         return Err(format!(
@@ -185,4 +196,18 @@ pub fn check_campaign_name(text: &str) -> Result<(), String> {
         return Err("must not contain control characters".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn campaign_budgets_up_to_the_limit_are_accepted() {
+        assert_eq!(check_campaign_budget(0), Ok(()));
+        assert_eq!(check_campaign_budget(MAX_CAMPAIGN_BUDGET_FEN), Ok(()));
+        let err = check_campaign_budget(MAX_CAMPAIGN_BUDGET_FEN + 1).unwrap_err();
+        assert!(err.contains("1000000000000"), "{err}");
+        assert!(check_campaign_budget(u64::MAX).is_err());
+    }
 }
