@@ -849,6 +849,25 @@ fn expiry_refund_limit_and_unknown_ids_over_http() {
 
 /// A daemon whose group commit waits 100 ms for a batch to fill: a record
 /// stays unsynced that long, so a test can act in between.
+/// Sends a request from another thread, where its answer may never come (the test kills
+/// the daemon first): what it asked for may or may not survive, and is never relied on.
+fn send_unacknowledged(
+    daemon: &Daemon,
+    path: &'static str,
+    body: Value,
+) -> std::thread::JoinHandle<Option<Reply>> {
+    let public = daemon.public;
+    std::thread::spawn(move || {
+        Client::new(public).try_request("POST", path, body.to_string().as_bytes())
+    })
+}
+
+/// A redemption of `voucher` at m-xl-food for order o-1 (12,000 fen), unacknowledged.
+fn redeem_unacknowledged(daemon: &Daemon, voucher: &str) -> std::thread::JoinHandle<Option<Reply>> {
+    let body = json!({"voucher_id": voucher, "merchant_id": "m-xl-food", "order_id": "o-1", "order_amount_fen": 12_000});
+    send_unacknowledged(daemon, "/v1/redemptions", body)
+}
+
 fn start_with_slow_commits(dir: &std::path::Path) -> Daemon {
     let path = write_config(dir, &lifecycle_config());
     let toml = std::fs::read_to_string(&path).expect("config");
@@ -870,12 +889,8 @@ fn a_ledger_answer_never_shows_money_a_crash_takes_back() {
     let v = claim_one(&daemon, "t1", "alice");
     assert_eq!(ledger(&daemon, "c1")["redeemed_fen"], 0);
 
-    let public = daemon.public;
     // Not acknowledged (the kill comes first, or its answer races the kill): may or may not survive.
-    let redeemer = std::thread::spawn(move || {
-        let body = json!({"voucher_id": v, "merchant_id": "m-xl-food", "order_id": "o-1", "order_amount_fen": 12_000});
-        Client::new(public).try_request("POST", "/v1/redemptions", body.to_string().as_bytes())
-    });
+    let redeemer = redeem_unacknowledged(&daemon, &v);
     let deadline = Instant::now() + STARTUP_DEADLINE;
     let shown = loop {
         let l = ledger(&daemon, "c1");
@@ -909,13 +924,7 @@ fn already_redeemed_is_answered_only_once_the_redemption_is_durable() {
     daemon.create_tranche("t1", &open_tranche_body(&[(420502, 10)]));
     let v = claim_one(&daemon, "t1", "alice");
 
-    let public = daemon.public;
-    let first = v.clone();
-    // Not acknowledged (the kill comes first, or its answer races the kill): may or may not survive.
-    let redeemer = std::thread::spawn(move || {
-        let body = json!({"voucher_id": first, "merchant_id": "m-xl-food", "order_id": "o-1", "order_amount_fen": 12_000});
-        Client::new(public).try_request("POST", "/v1/redemptions", body.to_string().as_bytes())
-    });
+    let redeemer = redeem_unacknowledged(&daemon, &v);
     // Below the threshold: refused as such until the first redemption is
     // applied, then as already_redeemed (the state check comes first).
     let mut c = daemon.client();
@@ -960,13 +969,7 @@ fn a_claim_answer_never_shows_a_redemption_a_crash_takes_back() {
         let (lng, lat) = point(420502);
         let again = claim_body("t1", "alice", request_id, lng, lat);
 
-        let public = daemon.public;
-        let first = v.clone();
-        // Not acknowledged (the kill comes first, or its answer races it): may or may not survive.
-        let redeemer = std::thread::spawn(move || {
-            let body = json!({"voucher_id": first, "merchant_id": "m-xl-food", "order_id": "o-1", "order_amount_fen": 12_000});
-            Client::new(public).try_request("POST", "/v1/redemptions", body.to_string().as_bytes())
-        });
+        let redeemer = redeem_unacknowledged(&daemon, &v);
         let mut c = daemon.client();
         let deadline = Instant::now() + STARTUP_DEADLINE;
         let shown = loop {
@@ -999,12 +1002,12 @@ fn request_id_reused_is_answered_only_once_the_first_claim_is_durable() {
     let daemon = start_with_slow_commits(dir.path());
     daemon.create_tranche("t1", &open_tranche_body(&[(420502, 10)]));
     let (lng, lat) = point(420502);
-    let public = daemon.public;
     // Not acknowledged (the kill comes first, or its answer races it): may or may not survive.
-    let first = std::thread::spawn(move || {
-        let body = claim_body("t1", "alice", "shared-request", lng, lat);
-        Client::new(public).try_request("POST", "/v1/claims", body.to_string().as_bytes())
-    });
+    let first = send_unacknowledged(
+        &daemon,
+        "/v1/claims",
+        claim_body("t1", "alice", "shared-request", lng, lat),
+    );
     // Wait until the first claim is applied in memory (the gauge is read from memory).
     let deadline = Instant::now() + STARTUP_DEADLINE;
     let mut c = daemon.client();

@@ -1032,6 +1032,30 @@ impl SeedRun {
     ) {
         let mut image = recovery.world.storage.snapshot();
         image.crash(CrashMode::DropUnsynced);
+        let mode = CrashMode::ProcessOnly;
+        let what = "power loss after recovery";
+        if let Some(again) = self.recover_image(image, world, point, mode, what, report)
+            && again.report.last_seq < recovery.report.last_seq
+        {
+            let lost = format!(
+                "a recovery replayed through seq {}, then a power loss kept only {}",
+                recovery.report.last_seq, again.report.last_seq
+            );
+            self.violation(report, point, Some(mode), &lost);
+        }
+    }
+
+    /// Recovers `image`, a crash of `world` (whose records and answers it checks), counting
+    /// the state and reporting each problem as a violation that starts with `what`.
+    fn recover_image(
+        &self,
+        image: SimDisk,
+        world: &World,
+        point: u64,
+        mode: CrashMode,
+        what: &str,
+        report: &mut SimReport,
+    ) -> Option<Recovery> {
         report.crash_states += 1;
         match recover_and_check(
             &SimStorage::from_disk(image),
@@ -1041,25 +1065,15 @@ impl SeedRun {
             self.recovery_key,
             self.max_batch_records,
         ) {
-            Ok(again) if again.report.last_seq >= recovery.report.last_seq => {}
-            Ok(again) => self.violation(
-                report,
-                point,
-                Some(CrashMode::ProcessOnly),
-                &format!(
-                    "a recovery replayed through seq {}, then a power loss kept only {}",
-                    recovery.report.last_seq, again.report.last_seq
-                ),
-            ),
+            Ok(recovery) => {
+                report.acknowledged_checked += world.shown.len() as u64;
+                Some(recovery)
+            }
             Err(problems) => {
                 for p in problems.unwrap_or_else(|| vec!["died without a fault".to_owned()]) {
-                    self.violation(
-                        report,
-                        point,
-                        Some(CrashMode::ProcessOnly),
-                        &format!("power loss after recovery: {p}"),
-                    );
+                    self.violation(report, point, Some(mode), &format!("{what}: {p}"));
                 }
+                None
             }
         }
     }
@@ -1104,22 +1118,7 @@ impl SeedRun {
         image.crash(CrashMode::TearSectors {
             seed: rng.next_u64(),
         });
-        report.crash_states += 1;
-        match recover_and_check(
-            &SimStorage::from_disk(image),
-            Faults::default(),
-            &world.appended,
-            &world.shown,
-            self.recovery_key,
-            self.max_batch_records,
-        ) {
-            Ok(_) => report.acknowledged_checked += world.shown.len() as u64,
-            Err(problems) => {
-                for p in problems.unwrap_or_else(|| vec!["died without a fault".to_owned()]) {
-                    self.violation(report, point, Some(mode), &format!("second crash: {p}"));
-                }
-            }
-        }
+        self.recover_image(image, &world, point, mode, "second crash", report);
     }
 }
 
