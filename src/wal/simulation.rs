@@ -812,24 +812,10 @@ impl SeedRun {
             self.check_unsynced_flip(world, &image, &mut rng, point, mode, report);
             self.check_interrupted_recovery(world, &image, &mut rng, point, mode, report);
         }
-        report.crash_states += 1;
-        let recovery = match recover_and_check(
-            &SimStorage::from_disk(image),
-            Faults::default(),
-            &world.appended,
-            &world.shown,
-            self.recovery_key,
-            self.max_batch_records,
-        ) {
-            Ok(recovery) => recovery,
-            Err(problems) => {
-                for p in problems.unwrap_or_else(|| vec!["died without a fault".to_owned()]) {
-                    self.violation(report, point, Some(mode), &p);
-                }
-                return;
-            }
+        let Some(recovery) = self.recover_image(image, world, point, mode, "recovery", report)
+        else {
+            return;
         };
-        report.acknowledged_checked += world.shown.len() as u64;
         if recovery.report.truncated_tail_bytes > 0 {
             report.torn_tails_erased += 1;
         }
