@@ -446,9 +446,16 @@ async fn read_body_limited(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    let collected =
-        tokio::time::timeout(timeout, Limited::new(request.into_body(), limit).collect());
-    let Ok(collected) = collected.await else {
+    let mut collect = std::pin::pin!(Limited::new(request.into_body(), limit).collect());
+    // A claim's few hundred bytes nearly always arrive with its headers: take them without
+    // arming a timer (an insert into and removal from tokio's timer wheel per request cost
+    // about 5 % of claims/s in a same-run comparison). Only a body still on its way gets one.
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(collect.as_mut().poll(cx))).await;
+    let collected = match first {
+        std::task::Poll::Ready(collected) => Ok(collected),
+        std::task::Poll::Pending => tokio::time::timeout(timeout, collect).await,
+    };
+    let Ok(collected) = collected else {
         let mut body = OutcomeBody::outcome("body_timeout");
         body.error = Some(FieldError::new(
             "body",
