@@ -473,21 +473,22 @@ fn recover(config: &Config, regions: RegionIndex) -> Result<(Dispenser, u64), i3
 /// for the tranche, a limit is reached) stops the start with exit 64: the config must change.
 fn seed(config: &Config, dispenser: &Dispenser) -> Result<(), i32> {
     let now = system_now();
+    let mut campaigns_kept = Vec::new();
     for campaign in &config.campaigns {
         match dispenser.campaign_spec(&campaign.campaign_id) {
             Some(recorded) if recorded == *campaign => {}
-            Some(recorded) => tracing::warn!(
+            Some(recorded) => {
+                campaigns_kept.push(campaign.campaign_id.clone());
+                tracing::warn!(
                 campaign = %campaign.campaign_id,
                 recorded = ?recorded,
                 configured = ?campaign,
                 "configured campaign differs from the recorded one; the recorded definition stands (change it with PUT /admin/v1/campaigns/{{id}})"
-            ),
+                );
+            }
             None => match dispenser.define_campaign(campaign.clone()) {
                 Ok((_, durability)) => wait(durability)?,
-                Err(e) => {
-                    tracing::error!(campaign = %campaign.campaign_id, error = ?e, "cannot create configured campaign; fix the config (nothing recorded is damaged)");
-                    return Err(config::EXIT_BAD_CONFIG);
-                }
+                Err(e) => return Err(seed_refused("campaign", &campaign.campaign_id, &e, &[])),
             },
         }
     }
@@ -503,13 +504,39 @@ fn seed(config: &Config, dispenser: &Dispenser) -> Result<(), i32> {
             None => match dispenser.define_tranche(spec.clone(), now) {
                 Ok((_, durability)) => wait(durability)?,
                 Err(e) => {
-                    tracing::error!(tranche = %spec.tranche_id, error = ?e, "cannot create configured tranche; fix the config (nothing recorded is damaged)");
-                    return Err(config::EXIT_BAD_CONFIG);
+                    return Err(seed_refused(
+                        "tranche",
+                        &spec.tranche_id,
+                        &e,
+                        &campaigns_kept,
+                    ));
                 }
             },
         }
     }
     Ok(())
+}
+
+/// Logs why a configured campaign or tranche the records lack could not be created, and
+/// returns the exit code: 64 (the config must change) unless the WAL refused the record.
+fn seed_refused(
+    what: &str,
+    id: &str,
+    error: &crate::dispenser::AdminError,
+    campaigns_kept: &[String],
+) -> i32 {
+    if let crate::dispenser::AdminError::Unavailable(e) = error {
+        tracing::error!(kind = what, id, error = %e, "the WAL refused a configured definition during start-up");
+        return EXIT_SOFTWARE;
+    }
+    tracing::error!(
+        kind = what,
+        id,
+        error = ?error,
+        recorded_campaigns_kept_over_the_config = ?campaigns_kept,
+        "cannot create a configured definition; fix the config (nothing recorded is damaged). A campaign the records hold keeps its recorded definition over the config's: change it with PUT /admin/v1/campaigns/{{id}}"
+    );
+    config::EXIT_BAD_CONFIG
 }
 
 fn wait(durability: crate::dispenser::Durability) -> Result<(), i32> {

@@ -527,6 +527,50 @@ fn body_read_timeout_frees_the_slots_of_clients_that_never_finish() {
     }
 }
 
+/// An import's body gets the body deadline plus its size at 256 KiB/s: a 300 KB CSV sent in
+/// three pieces over about a second is imported, where a claim body that slow is refused
+/// (found by review: the 10 s claim deadline applied to 32 MiB imports too).
+#[test]
+fn a_large_import_may_arrive_slower_than_a_claim_body() {
+    let config = TestConfig {
+        body_read_timeout_ms: 300,
+        ..TestConfig::default()
+    };
+    let (_dir, daemon) = started(&config);
+    let mut csv = String::from("merchant_id,name,county,industry,platform\n");
+    let mut rows = 0;
+    while csv.len() < 300_000 {
+        csv.push_str(&format!(
+            "m-slow-{rows:06},西陵小吃{rows},420502,餐饮,alipay\n"
+        ));
+        rows += 1;
+    }
+    let mut s = TcpStream::connect(daemon.admin).expect("connect");
+    s.set_read_timeout(Some(IO_DEADLINE)).expect("timeout");
+    let head = format!(
+        "POST /admin/v1/merchants:import HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {ADMIN_TOKEN}\r\ncontent-type: text/csv\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        csv.len()
+    );
+    s.write_all(head.as_bytes()).expect("headers");
+    let third = csv.len() / 3;
+    for piece in [
+        &csv.as_bytes()[..third],
+        &csv.as_bytes()[third..2 * third],
+        &csv.as_bytes()[2 * third..],
+    ] {
+        std::thread::sleep(Duration::from_millis(350));
+        s.write_all(piece).expect("a piece of the body");
+    }
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).expect("answer");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains(&format!("\"created\":{rows}")),
+        "{rows} rows: {answer}"
+    );
+}
+
 #[test]
 fn connections_over_the_limit_get_503() {
     let config = TestConfig {

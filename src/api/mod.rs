@@ -397,10 +397,32 @@ async fn import_merchants(app: &App, request: Request<Incoming>) -> Reply {
     let Ok(_permit) = app.import_permits.try_acquire() else {
         return overloaded();
     };
-    match read_body_limited(request, MAX_IMPORT_BODY_BYTES, app.limits.body_read_timeout).await {
+    let deadline = import_body_deadline(app.limits.body_read_timeout, request.headers());
+    match read_body_limited(request, MAX_IMPORT_BODY_BYTES, deadline).await {
         Ok(body) => merchants::import(app, body, dry_run).await,
         Err(reply) => reply,
     }
+}
+
+/// The slowest upload an import body is allowed on top of `server.body_read_timeout_ms`:
+/// 256 KiB/s, so a full 32 MiB file has 128 s more. A claim's deadline suits bodies of a few
+/// hundred bytes; a back-office upload of a large CSV over a VPN needs its size's worth.
+const IMPORT_BODY_MIN_BYTES_PER_SECOND: u64 = 256 * 1024;
+
+/// How long an import's body may take: the configured deadline, plus its declared size (the
+/// largest allowed when none is declared) at [`IMPORT_BODY_MIN_BYTES_PER_SECOND`].
+fn import_body_deadline(
+    body_read_timeout: std::time::Duration,
+    headers: &hyper::HeaderMap,
+) -> std::time::Duration {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(MAX_IMPORT_BODY_BYTES as u64)
+        .min(MAX_IMPORT_BODY_BYTES as u64);
+    body_read_timeout
+        + std::time::Duration::from_secs(declared.div_ceil(IMPORT_BODY_MIN_BYTES_PER_SECOND))
 }
 
 fn authorized(app: &App, request: &Request<Incoming>) -> bool {
