@@ -33,6 +33,14 @@ impl ToolRun {
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
             .collect()
     }
+
+    /// The `seq` of every record `dump` printed, in order.
+    fn dumped_seqs(&self) -> Vec<u64> {
+        self.json_lines()
+            .iter()
+            .map(|l| l["seq"].as_u64().expect("seq"))
+            .collect()
+    }
 }
 
 fn spawn_tool(args: &[&str]) -> Child {
@@ -895,11 +903,7 @@ fn dump_and_stats_print_what_they_can_and_exit_65_on_a_log_serve_refuses() {
             "{name}: {}",
             dump.stderr
         );
-        let seqs: Vec<u64> = dump
-            .json_lines()
-            .iter()
-            .map(|l| l["seq"].as_u64().expect("seq"))
-            .collect();
+        let seqs = dump.dumped_seqs();
         assert_eq!(
             seqs,
             (1..=events.len() as u64).collect::<Vec<_>>(),
@@ -1002,11 +1006,7 @@ fn dump_and_stats_leave_out_a_record_that_does_not_decode_and_exit_65() {
         "{}",
         dump.stderr
     );
-    let seqs: Vec<u64> = dump
-        .json_lines()
-        .iter()
-        .map(|l| l["seq"].as_u64().expect("seq"))
-        .collect();
+    let seqs = dump.dumped_seqs();
     assert_eq!(seqs, [1, 2, 3, 5]);
     let stats = tool_on(&["stats", "--json"], dir.path());
     assert_eq!(stats.code, Some(65), "{stats:?}");
